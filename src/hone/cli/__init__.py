@@ -1,0 +1,31 @@
+"""The `hone` command line: thin wrappers over each stage's Python API."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from hone.cli import chat, data, evaluate, models, train
+from hone.errors import HoneError
+
+app = typer.Typer(
+    help="hone: fine-tune an open-weights model into your own specialist, and prove it worked.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(models.app, name="models")
+app.add_typer(data.app, name="data")
+app.command("train")(train.train)
+app.command("eval")(evaluate.evaluate)
+app.command("chat")(chat.chat)
+
+
+def main() -> None:
+    """Console entry point: user errors print one clear message and exit 2, never a traceback."""
+    try:
+        app()
+    except HoneError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""`hone train CONFIG.yaml`."""

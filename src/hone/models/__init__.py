@@ -1,0 +1,25 @@
+"""Base models: catalog, local sources, loading, fingerprints, and loading fine-tuned run directories."""
+
+from hone.models.catalog import CATALOG, ModelSource, resolve
+from hone.models.loading import (
+    bf16_is_fast,
+    fingerprint,
+    frozen_dtype,
+    is_cached,
+    load_model,
+    load_tokenizer,
+    local_model_dir,
+)
+
+__all__ = [
+    "CATALOG",
+    "ModelSource",
+    "resolve",
+    "bf16_is_fast",
+    "fingerprint",
+    "frozen_dtype",
+    "is_cached",
+    "load_model",
+    "load_tokenizer",
+    "local_model_dir",
+]

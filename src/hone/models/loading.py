@@ -1,0 +1,158 @@
+"""Load base models and tokenizers from local sources, caching de-quantized GGUF weights as safetensors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from hone.errors import HoneError
+from hone.home import models_dir
+from hone.models.catalog import ModelSource, resolve
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def _quiet_transformers() -> None:
+    """Keep library progress bars and advice out of hone's own output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cache_folder(source: ModelSource) -> Path:
+    if source.kind == "catalog":
+        return models_dir() / source.name
+    stat = source.path.stat()
+    key = hashlib.sha256(f"{source.path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return models_dir() / f"{source.path.stem}-{key}"
+
+
+def _convert_gguf(source: ModelSource, target: Path) -> None:
+    """De-quantize a GGUF file once with transformers and store it as a safetensors model folder."""
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    folder, filename = str(source.path.parent), source.path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the cached copy holds plain de-quantized weights
+    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        config.save_pretrained(staging)
+        model.generation_config.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        save_model(model, str(staging / "model.safetensors"))  # handles the tied embedding / lm_head
+        (staging / "hone.json").write_text(
+            json.dumps({"source": str(source.path), "source_sha256": sha256_file(source.path)}, indent=2)
+        )
+        staging.rename(target)  # atomic: an interrupted conversion never leaves a half-written cache
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def local_model_dir(name: str) -> Path:
+    """A Hugging Face model folder for `name`, converting and caching GGUF sources on first use."""
+    source = resolve(name)
+    if source.kind == "hf_dir":
+        return source.path
+    target = _cache_folder(source)
+    if not (target / "model.safetensors").is_file():
+        _convert_gguf(source, target)
+    return target
+
+
+def is_cached(name: str) -> bool:
+    """True when loading `name` needs no conversion."""
+    source = resolve(name)
+    return source.kind == "hf_dir" or (_cache_folder(source) / "model.safetensors").is_file()
+
+
+def weight_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    if not files:
+        raise HoneError(f"no weight files (*.safetensors or *.bin) in {folder}")
+    return files
+
+
+def fingerprint(name: str) -> str:
+    """sha256 over the model's weight files, cached next to them by size and modification time."""
+    folder = local_model_dir(name)
+    files = weight_files(folder)
+    stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    cache = models_dir() / "fingerprints.json"
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    entry = known.get(str(folder))
+    if entry and entry["stamp"] == stamp:
+        return entry["sha256"]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(sha256_file(path).encode())
+    value = digest.hexdigest()
+    known[str(folder)] = {"stamp": stamp, "sha256": value}
+    cache.write_text(json.dumps(known, indent=2))
+    return value
+
+
+@lru_cache(maxsize=4)
+def bf16_is_fast(device: str = "cpu") -> bool:
+    """Whether bf16 matmuls run natively (CUDA with bf16, or a CPU with AVX512-BF16/AMX)."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def frozen_dtype(device: str = "cpu", prefer: str = "auto") -> torch.dtype:
+    """dtype for frozen base weights: bf16 where the hardware runs it fast, else float32."""
+    if prefer == "auto":
+        return torch.bfloat16 if bf16_is_fast(device) else torch.float32
+    return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
+            "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16}[prefer]
+
+
+def load_tokenizer(name: str):
+    """The model's tokenizer, with a pad token set (EOS when the model has none)."""
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    tokenizer = AutoTokenizer.from_pretrained(str(local_model_dir(name)))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise HoneError(
+            f"model '{name}' has no chat template in its tokenizer files",
+            hint="use an instruct/chat model, or add a chat_template to tokenizer_config.json",
+        )
+    return tokenizer
+
+
+def load_model(name: str, dtype: torch.dtype | None = None, device: str = "cpu"):
+    """The causal language model for `name`, in `dtype` (default: float32), on `device`."""
+    from transformers import AutoModelForCausalLM
+
+    _quiet_transformers()
+    model = AutoModelForCausalLM.from_pretrained(
+        str(local_model_dir(name)), dtype=dtype or torch.float32, attn_implementation="sdpa"
+    )
+    return model.to(device)
