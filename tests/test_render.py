@@ -14,7 +14,7 @@ def test_only_assistant_tokens_are_trained(tiny_model_dir):
         {"role": "assistant", "content": "dog"},
     ]
     rendered = render_chat(tokenizer, messages)
-    trained_text = tokenizer.decode([t for t, m in zip(rendered.input_ids, rendered.trained) if m])
+    trained_text = tokenizer.decode([t for t, m in zip(rendered.input_ids, rendered.trained, strict=True) if m])
     assert trained_text == "world<|im_end|>\ndog<|im_end|>\n"
     assert len(rendered.input_ids) == len(rendered.trained)
 

@@ -1,1 +1,71 @@
-"""`hone train CONFIG.yaml`."""
+"""`hone train CONFIG.yaml [--set key=value ...] [--dry-run] [--resume RUN_DIR]`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.text import Text
+
+from hone.cli.output import console, emit_json
+from hone.errors import HoneError
+from hone.train.config import load_config
+
+
+def train(
+    config: Path | None = typer.Argument(None, help="Training config YAML (not needed with --resume)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a setting: --set training.lr=1e-4"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show trained tokens, counts and time estimate."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this run directory."),
+    no_estimate: bool = typer.Option(False, "--no-estimate", help="With --dry-run: skip the timed step."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Fine-tune a base model; prints the run directory."""
+    from hone.train.run import train as run_training
+
+    if config is None and resume is None:
+        raise HoneError("give a config file, or --resume RUN_DIR to continue a run")
+    if resume is not None:
+        run_dir = run_training(None, resume_dir=resume, show_progress=not as_json)
+    else:
+        settings = load_config(config, set_)
+        if dry_run:
+            from hone.train.dry_run import dry_run as plan
+
+            report = plan(settings, measure=not no_estimate)
+            emit_json(report) if as_json else _print_plan(report)
+            return
+        run_dir = run_training(settings, config_path=config, show_progress=not as_json)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if as_json:
+        emit_json(summary)
+        return
+    console.print(f"trained {summary['steps']} steps, {summary['tokens_per_s']} tokens/s, "
+                  f"final train loss {summary['final_train_loss']:.4f}"
+                  + (f", best eval loss {summary['best_eval_loss']:.4f}" if summary["best_eval_loss"] else ""))
+    if summary["interrupted"]:
+        console.print(f"interrupted: continue with `hone train --resume {run_dir}`")
+    print(run_dir)
+
+
+def _print_plan(report: dict) -> None:
+    text = Text()
+    plain = not console.is_terminal  # without colours, trained text is wrapped in [[ ]] instead
+    for segment, trained in report["example"]["segments"]:
+        if plain and trained:
+            segment = f"[[{segment}]]"
+        text.append(segment, style="bold green" if trained else "dim")
+    console.print("[bold]first example[/bold] (trained tokens " + ("in [[ ]]" if plain else "in green") + "):")
+    console.print(text)
+    tokens = report["tokens"]
+    console.print(f"examples: {report['examples']['train']} train, {report['examples']['eval']} eval, "
+                  f"skipped: {report['examples']['skipped'] or 'none'}")
+    console.print(f"tokens: {tokens['train']} total, {tokens['trained']} trained, mean length "
+                  f"{tokens['mean_length']}, max {tokens['max_length']}")
+    console.print(f"optimizer steps: {report['optimizer_steps']} ({report['micro_batches_per_epoch']} "
+                  "micro-batches per epoch)")
+    if "estimate" in report:
+        est = report["estimate"]
+        console.print(f"estimate: {est['tokens_per_s']} tokens/s, about {est['seconds_per_epoch'] / 60:.1f} "
+                      "min per epoch")

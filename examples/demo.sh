@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The quickstart: check the data, fine-tune SmolLM2-135M-Instruct with LoRA, compare base vs fine-tuned.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=examples/support_tickets
+
+echo "== 1/4 models on this machine"
+hone models list
+
+echo "== 2/4 check the training data"
+hone data validate "$DATA/train.jsonl"
+
+echo "== 3/4 fine-tune with LoRA"
+RUN_DIR=$(hone train "$DATA/demo.yaml" | tail -n 1)
+
+echo "== 4/4 evaluate base vs fine-tuned on the held-out test set"
+hone eval --adapter "$RUN_DIR" --data "$DATA/test.jsonl" --out "$RUN_DIR/eval"
+
+echo
+echo "adapter: $RUN_DIR/adapter (PEFT format)"
+echo "report:  $RUN_DIR/eval/report.html"
+echo "try it:  hone chat --model $RUN_DIR \"Hi, my Kestrel Kettle from order ORD-12345 arrived with a cracked lid and I need it replaced ASAP.\""

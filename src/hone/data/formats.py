@@ -1,0 +1,457 @@
+"""Read a dataset file in any supported format into one canonical chat form, reporting every bad line.
+
+JSONL formats (one JSON object per line): OpenAI chat, OpenAI DPO, prompt/completion, alpaca and
+sharegpt. The format is detected from the first line whose keys match one; a line of another format is
+an error. A `.csv` file is read through a column map onto prompt/completion or alpaca fields.
+A broken line never stops reading: it becomes a `Problem` naming its line and field, and is not used.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hone.errors import HoneError
+
+CHAT_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
+SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant", **CHAT_ROLES}
+CSV_FIELDS = ("prompt", "completion", "system", "instruction", "input", "output")
+# Which CSV fields make which record shape: (required, optional).
+CSV_SHAPES = {
+    "prompt_completion": (("prompt", "completion"), ("system",)),
+    "alpaca": (("instruction", "output"), ("input", "system")),
+}
+SHOWN_PROBLEMS = 5
+HOLDS = {True: "preference pairs (OpenAI DPO format)", False: "conversations"}
+
+
+@dataclass
+class Problem:
+    """One thing wrong with the data: where (line, JSON path of the field) and what to do about it."""
+
+    line: int  # 1-based line in the file; 0 for the file as a whole
+    field: str  # JSON path such as `messages[2].content`; "" for the whole line
+    message: str
+    severity: str = "error"  # "error" (the example is not used) or "warning" (it is used)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Example:
+    """One conversation in canonical chat form: dicts with role, content and (assistant only) weight."""
+
+    messages: list[dict]
+    source: str
+    line: int
+    format: str
+
+
+@dataclass
+class PreferenceExample:
+    """One preference pair: the prompt conversation, the preferred reply and the rejected reply."""
+
+    prompt: list[dict]
+    chosen: dict
+    rejected: dict
+    source: str
+    line: int
+
+
+@dataclass
+class Dataset:
+    """Everything read from one file: usable examples, every problem, and how many lines were read."""
+
+    path: str
+    format: str  # chat, dpo, prompt_completion, alpaca, sharegpt, csv, or unknown
+    examples: list[Example] | list[PreferenceExample]
+    problems: list[Problem]
+    lines_read: int  # non-blank lines (CSV: data rows); each gave an example or an error
+    blank_lines: int
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+
+@dataclass
+class _Line:
+    """The problems found on one line; the line's example is kept only when none is an error."""
+
+    number: int
+    problems: list[Problem] = field(default_factory=list)
+
+    def error(self, path: str, message: str) -> None:
+        self.problems.append(Problem(self.number, path, message, "error"))
+
+    def warn(self, path: str, message: str) -> None:
+        self.problems.append(Problem(self.number, path, message, "warning"))
+
+    @property
+    def failed(self) -> bool:
+        return any(p.severity == "error" for p in self.problems)
+
+
+def _kind(value: Any) -> str:
+    """The JSON name of a value's type, for messages."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return {dict: "an object", list: "an array", str: "a string", type(None): "null"}[type(value)]
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _text(record: dict, key: str, path: str, line: _Line, required: bool = True) -> str | None:
+    """A non-empty string field; reports a missing, mistyped or empty value."""
+    where = _join(path, key)
+    if key not in record or (record[key] is None and not required):
+        if required:
+            line.error(where, f"missing key '{key}'; add it (or fix its spelling)")
+        return None
+    value = record[key]
+    if not isinstance(value, str):
+        line.error(where, f"must be a string, got {_kind(value)}")
+        return None
+    if required and not value.strip():
+        line.error(where, "is empty; fill in the text or remove the example")
+        return None
+    return value
+
+
+def _typed(record: dict, key: str, kind: type, path: str, line: _Line) -> Any:
+    """A field that must be present with the given JSON type (dict or list)."""
+    where = _join(path, key)
+    if key not in record:
+        line.error(where, f"missing key '{key}'; add it (or fix its spelling)")
+        return None
+    value = record[key]
+    if not isinstance(value, kind):
+        line.error(where, f"must be {_kind(kind())}, got {_kind(value)}")
+        return None
+    return value
+
+
+def _message(item: Any, path: str, line: _Line, roles: dict[str, str], keys: tuple[str, str],
+             weight_allowed: bool = True) -> dict | None:
+    """One message in canonical form, from a dict with a role key and a content key."""
+    role_key, content_key = keys
+    if not isinstance(item, dict):
+        line.error(path, f"must be an object with '{role_key}' and '{content_key}', got {_kind(item)}")
+        return None
+    role, allowed, where = None, ", ".join(roles), _join(path, role_key)
+    if role_key not in item:
+        line.error(where, f"missing key '{role_key}'; allowed roles: {allowed}")
+    elif not isinstance(item[role_key], str) or item[role_key] not in roles:
+        line.error(where, f"unknown role {json.dumps(item[role_key])}; allowed roles: {allowed}")
+    else:
+        role = roles[item[role_key]]
+    content = _text(item, content_key, path, line)
+    message = {"role": role, "content": content}
+    if "weight" in item and weight_allowed:
+        if role != "assistant":
+            line.error(_join(path, "weight"), "weight is only allowed on assistant messages")
+        elif item["weight"] not in (0, 1) or isinstance(item["weight"], bool):
+            line.error(_join(path, "weight"), f"must be 0 or 1, got {json.dumps(item['weight'])}")
+        else:
+            message["weight"] = item["weight"]
+    known = {role_key, content_key} | ({"weight"} if weight_allowed else set())
+    for key in sorted(item.keys() - known):
+        line.warn(_join(path, key), f"unknown key '{key}' is ignored; a message has "
+                  f"{', '.join(sorted(known))}")
+    return message if role and content is not None else None
+
+
+def _messages(items: list, path: str, line: _Line, roles: dict[str, str],
+              keys: tuple[str, str] = ("role", "content"), weight_allowed: bool = True) -> list[dict]:
+    """Every message of a list, in canonical form; reports an empty list and each broken message."""
+    if not items:
+        line.error(path, "is empty; add the messages of the conversation")
+    converted = [_message(item, f"{path}[{i}]", line, roles, keys, weight_allowed)
+                 for i, item in enumerate(items)]
+    return [m for m in converted if m is not None]
+
+
+def _check_conversation(messages: list[dict], path: str, line: _Line, role_key: str = "role") -> None:
+    """A training conversation needs an assistant reply, and must end with one."""
+    if line.failed:
+        return  # a broken message already explains the line; its role may be the missing assistant
+    if not any(m["role"] == "assistant" for m in messages):
+        line.error(path, "has no assistant message; add the reply the model should learn")
+    elif messages[-1]["role"] != "assistant":
+        line.error(f"{path}[{len(messages) - 1}].{role_key}",
+                   f"the conversation ends with a {messages[-1]['role']} message; it must end with the "
+                   "assistant reply to learn (remove the trailing message or add the reply)")
+    elif all(m.get("weight", 1) == 0 for m in messages if m["role"] == "assistant"):
+        line.warn(path, "every assistant message has weight 0, so nothing in this example is trained")
+
+
+def _with_system(record: dict, line: _Line, turns: list[dict]) -> list[dict]:
+    """Prepend the optional top-level "system" text as a system message."""
+    system = _text(record, "system", "", line, required=False)
+    return ([{"role": "system", "content": system}] if system and system.strip() else []) + turns
+
+
+def _from_chat(record: dict, line: _Line) -> list[dict]:
+    """OpenAI chat: {"messages": [{"role", "content", "weight"?}, ...]}."""
+    items = _typed(record, "messages", list, "", line)
+    if items is None:
+        return []
+    messages = _messages(items, "messages", line, CHAT_ROLES)
+    _check_conversation(messages, "messages", line)
+    return messages
+
+
+def _from_sharegpt(record: dict, line: _Line) -> list[dict]:
+    """sharegpt: {"conversations": [{"from": "system|human|gpt", "value": ...}, ...]}."""
+    items = _typed(record, "conversations", list, "", line)
+    if items is None:
+        return []
+    messages = _messages(items, "conversations", line, SHAREGPT_ROLES, keys=("from", "value"))
+    _check_conversation(messages, "conversations", line, role_key="from")
+    return messages
+
+
+def _from_prompt_completion(record: dict, line: _Line) -> list[dict]:
+    """{"prompt": ..., "completion": ..., "system"?: ...} as a user turn and an assistant turn."""
+    prompt = _text(record, "prompt", "", line)
+    completion = _text(record, "completion", "", line)
+    return _with_system(record, line, [{"role": "user", "content": prompt},
+                                       {"role": "assistant", "content": completion}])
+
+
+def _from_alpaca(record: dict, line: _Line) -> list[dict]:
+    """alpaca: {"instruction", "input"?, "output", "system"?}; instruction, blank line, input = user turn."""
+    instruction = _text(record, "instruction", "", line)
+    extra = _text(record, "input", "", line, required=False)
+    output = _text(record, "output", "", line)
+    user = f"{instruction}\n\n{extra}" if instruction and extra and extra.strip() else instruction
+    return _with_system(record, line, [{"role": "user", "content": user},
+                                       {"role": "assistant", "content": output}])
+
+
+def _reply(record: dict, key: str, line: _Line) -> dict | None:
+    """A DPO output: a list holding exactly one assistant message."""
+    items = _typed(record, key, list, "", line)
+    if items is None:
+        return None
+    if len(items) != 1:
+        line.error(key, f"must hold exactly one assistant message, got {len(items)}")
+        return None
+    return _message(items[0], f"{key}[0]", line, {"assistant": "assistant"}, ("role", "content"),
+                    weight_allowed=False)
+
+
+def _from_dpo(record: dict, line: _Line) -> tuple[list[dict], dict | None, dict | None]:
+    """OpenAI DPO: {"input": {"messages"}, "preferred_output": [reply], "non_preferred_output": [reply]}."""
+    prompt: list[dict] = []
+    source = _typed(record, "input", dict, "", line)
+    items = _typed(source, "messages", list, "input", line) if source is not None else None
+    if items is not None:
+        prompt = _messages(items, "input.messages", line, CHAT_ROLES, weight_allowed=False)
+        if prompt and not line.failed and prompt[-1]["role"] != "user":
+            line.error(f"input.messages[{len(prompt) - 1}].role",
+                       "the prompt must end with the user message that both outputs answer")
+    chosen = _reply(record, "preferred_output", line)
+    rejected = _reply(record, "non_preferred_output", line)
+    if chosen and rejected and chosen["content"] == rejected["content"]:
+        line.warn("non_preferred_output[0].content",
+                  "is identical to preferred_output, so the pair teaches nothing")
+    return prompt, chosen, rejected
+
+
+CONVERTERS: dict[str, Callable[[dict, _Line], list[dict]]] = {
+    "chat": _from_chat,
+    "prompt_completion": _from_prompt_completion,
+    "alpaca": _from_alpaca,
+    "sharegpt": _from_sharegpt,
+}
+
+
+def detect_shape(record: dict) -> str | None:
+    """The format whose characteristic keys a JSON object has, or None."""
+    if "messages" in record:
+        return "chat"
+    if "preferred_output" in record or "non_preferred_output" in record:
+        return "dpo"
+    if "conversations" in record:
+        return "sharegpt"
+    if "instruction" in record or "output" in record:
+        return "alpaca"
+    if "prompt" in record or "completion" in record:
+        return "prompt_completion"
+    return None
+
+
+def _decode(raw: bytes, line: _Line) -> Any:
+    """One JSONL line parsed to an object, or None with the reason reported."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line.error("", f"line {line.number} is not valid UTF-8 text (byte {error.start + 1}); "
+                   "save the file as UTF-8")
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        line.error("", f"line {line.number} is not valid JSON: {error.msg} at column {error.colno}; "
+                   "each line must hold one complete JSON object (JSONL)")
+        return None
+    if not isinstance(record, dict):
+        line.error("", f"line {line.number} is {_kind(record)}, not a JSON object; each line must be one "
+                   'object such as {"messages": [...]}')
+        return None
+    return record
+
+
+def _example(fmt: str, record: dict, line: _Line, source: str) -> Example | PreferenceExample | None:
+    """Convert one record of a known format; None when the line has an error."""
+    if fmt == "dpo":
+        prompt, chosen, rejected = _from_dpo(record, line)
+        return None if line.failed else PreferenceExample(prompt, chosen, rejected, source, line.number)
+    messages = CONVERTERS[fmt](record, line)
+    return None if line.failed else Example(messages, source, line.number, fmt)
+
+
+def _open(path: Path) -> bytes:
+    """The file's bytes; a missing or empty file is an error that stops everything."""
+    if not path.is_file():
+        raise HoneError(f"dataset file not found: {path}", hint="check the path; a directory is not accepted")
+    data = path.read_bytes()
+    if not data.strip():
+        raise HoneError(f"dataset file is empty: {path}",
+                        hint="write one JSON object per line (or, for a .csv file, a header and rows)")
+    return data
+
+
+def _read_jsonl(path: Path) -> Dataset:
+    raw_lines = _open(path).removeprefix(b"\xef\xbb\xbf").split(b"\n")
+    if raw_lines[-1] == b"":
+        raw_lines.pop()  # the newline that ends the last line does not start another
+    lines = {n: _Line(n) for n, raw in enumerate(raw_lines, start=1) if raw.strip()}
+    records = {n: _decode(raw_lines[n - 1], line) for n, line in lines.items()}
+    shapes = {n: detect_shape(record) for n, record in records.items() if record is not None}
+    detected = next(((n, shape) for n, shape in shapes.items() if shape), None)
+    fmt = detected[1] if detected else "unknown"
+    examples = []
+    for number, shape in shapes.items():
+        line, record = lines[number], records[number]
+        if detected is None:
+            line.error("", "matches no known format: expected the keys of OpenAI chat (messages), DPO "
+                       "(input, preferred_output, non_preferred_output), prompt/completion, alpaca "
+                       "(instruction, output) or sharegpt (conversations)")
+        elif shape is not None and shape != fmt:
+            line.error("", f"this line is {shape} format but the file is {fmt} format (detected from line "
+                       f"{detected[0]}); use one format per file")
+        elif (example := _example(fmt, record, line, str(path))) is not None:
+            examples.append(example)
+    problems = [p for line in lines.values() for p in line.problems]
+    return Dataset(str(path), fmt, examples, problems, lines_read=len(lines),
+                   blank_lines=len(raw_lines) - len(lines))
+
+
+def _csv_shape(header: list[str], column_map: dict[str, str] | None, path: Path) -> tuple[str, dict]:
+    """The record shape and a {field: column} map, from the user's map or the header's column names."""
+    if column_map is None:
+        for shape, (required, optional) in CSV_SHAPES.items():
+            if set(required) <= set(header):
+                return shape, {f: f for f in required + optional if f in header}
+        raise HoneError(f"{path}: the header ({', '.join(header)}) has neither prompt/completion nor "
+                        "instruction/output columns",
+                        hint="rename the columns or map them: {'prompt': 'question', 'completion': 'answer'}")
+    unknown = sorted(column_map.keys() - set(CSV_FIELDS))
+    if unknown:
+        raise HoneError(f"unknown field(s) in the CSV column map: {', '.join(unknown)}",
+                        hint=f"map these fields to columns: {', '.join(CSV_FIELDS)}")
+    shape = next((name for name, (required, optional) in CSV_SHAPES.items()
+                  if set(required) <= column_map.keys() <= set(required + optional)), None)
+    if shape is None:
+        raise HoneError(f"{path}: the CSV column map {column_map} must name prompt and completion (and "
+                        "optionally system), or instruction and output (and optionally input, system)")
+    missing = [f"{column!r} (for {name})" for name, column in column_map.items() if column not in header]
+    if missing:
+        raise HoneError(f"{path}: column {', '.join(missing)} is not in the header",
+                        hint=f"the columns are: {', '.join(header)}")
+    return shape, dict(column_map)
+
+
+def _read_csv(path: Path, column_map: dict[str, str] | None) -> Dataset:
+    try:
+        text = _open(path).decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise HoneError(f"{path} is not valid UTF-8 text (byte {error.start + 1})",
+                        hint="save the file as UTF-8") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader)
+    shape, mapping = _csv_shape(header, column_map, path)
+    examples, problems, rows, blank, start = [], [], 0, 0, reader.line_num + 1
+    for row in reader:
+        line, start = _Line(start), reader.line_num + 1
+        if not any(cell.strip() for cell in row):
+            blank += 1
+            continue
+        rows += 1
+        if len(row) != len(header):
+            line.error("", f"row has {len(row)} fields but the header has {len(header)} columns; "
+                       "quote fields that contain commas")
+        else:
+            record = {name: row[header.index(column)] for name, column in mapping.items()}
+            messages = CONVERTERS[shape](record, line)
+            if not line.failed:
+                examples.append(Example(messages, str(path), line.number, "csv"))
+        # Name the user's column, not hone's field, in each problem.
+        problems += [Problem(p.line, mapping.get(p.field, p.field), p.message, p.severity)
+                     for p in line.problems]
+    return Dataset(str(path), "csv", examples, problems, lines_read=rows, blank_lines=blank)
+
+
+def read_dataset(path: str | Path, column_map: dict[str, str] | None = None) -> Dataset:
+    """Read every line of a dataset file; bad lines become `Problem`s, never exceptions.
+
+    `column_map` applies to `.csv` files: {field: column} with fields prompt/completion/system or
+    instruction/input/output/system. Raises HoneError only when the file is missing, empty or (CSV) its
+    columns cannot be mapped.
+    """
+    path = Path(path)
+    return _read_csv(path, column_map) if path.suffix.lower() == ".csv" else _read_jsonl(path)
+
+
+def _load(path: str | Path, column_map: dict[str, str] | None, want_preferences: bool) -> Dataset:
+    """Read a file for training, raising a HoneError that lists the first problems if any line is broken."""
+    dataset = read_dataset(path, column_map)
+    is_dpo = dataset.format == "dpo"
+    if dataset.format != "unknown" and want_preferences != is_dpo:
+        raise HoneError(f"{path} holds {HOLDS[is_dpo]}, but {HOLDS[want_preferences]} are needed here",
+                        hint="DPO training takes preference pairs; supervised training and evaluation take "
+                        "conversations")
+    errors = dataset.errors
+    if errors:
+        shown = "\n".join(f"  {path}:{p.line}: {p.field or '(line)'}: {p.message}"
+                          for p in errors[:SHOWN_PROBLEMS])
+        more = f"\n  ... and {len(errors) - SHOWN_PROBLEMS} more" if len(errors) > SHOWN_PROBLEMS else ""
+        raise HoneError(f"{path}: {len(errors)} line(s) cannot be used:\n{shown}{more}",
+                        hint=f"fix them (`hone data validate {path}` lists every problem)")
+    return dataset
+
+
+def load_chat_examples(path: str | Path, column_map: dict[str, str] | None = None) -> list[Example]:
+    """Every conversation of a chat-like (not DPO) file; raises HoneError listing the problems if any."""
+    return _load(path, column_map, want_preferences=False).examples
+
+
+def load_preference_examples(path: str | Path) -> list[PreferenceExample]:
+    """Every preference pair of a DPO file; raises HoneError listing problems if any line is broken."""
+    return _load(path, None, want_preferences=True).examples

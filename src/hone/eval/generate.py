@@ -1,0 +1,85 @@
+"""Greedy generation: batched for evaluation (left-padded, grouped by prompt length), single for chat."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from hone.data.render import render_prompt
+
+
+@dataclass
+class Generation:
+    """One reply: its text, how many tokens were generated, and the seconds until it was ready."""
+
+    text: str
+    tokens: int
+    seconds: float
+
+
+def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, ids in enumerate(prompts):
+        input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, width - len(ids):] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def _until_eos(ids: list[int], eos_id: int) -> list[int]:
+    """The generated ids before the first end-of-sequence token (finished rows are padded after it)."""
+    return ids[: ids.index(eos_id)] if eos_id in ids else ids
+
+
+def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
+                   streamer=None) -> list[tuple[str, int]]:
+    """Greedy replies for prompt token ids in one `generate` call: (stripped text, generated tokens) each."""
+    input_ids, attention_mask = _left_pad(prompts, tokenizer.pad_token_id, model.device)
+    with torch.inference_mode():
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
+                                max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                eos_token_id=tokenizer.eos_token_id, streamer=streamer)
+    replies = []
+    for row in output[:, input_ids.shape[1]:].tolist():
+        new_ids = _until_eos(row, tokenizer.eos_token_id)
+        replies.append((tokenizer.decode(new_ids, skip_special_tokens=True).strip(), len(new_ids)))
+    return replies
+
+
+def generate_replies(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16,
+                     label: str = "generating", show_progress: bool = True) -> list[Generation]:
+    """Greedy replies for many prompts, in input order, with a progress bar on stderr.
+
+    Prompts are sorted by length before batching so little padding is generated over. An example's
+    `seconds` is the wall time of the batch it was in: how long that reply took to arrive.
+    """
+    model.eval()
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[Generation | None] = [None] * len(prompts)
+    with tqdm(total=len(prompts), desc=label, unit="ex", file=sys.stderr, disable=not show_progress) as bar:
+        for start in range(0, len(order), batch_size):
+            batch = order[start: start + batch_size]
+            began = time.perf_counter()
+            replies = generate_batch(model, tokenizer, [prompts[i] for i in batch], max_new_tokens)
+            seconds = time.perf_counter() - began
+            for index, (text, tokens) in zip(batch, replies, strict=True):
+                results[index] = Generation(text=text, tokens=tokens, seconds=seconds)
+            bar.update(len(batch))
+    return results
+
+
+def chat_reply(model, tokenizer, messages: list[dict], max_new_tokens: int = 256,
+               stream: bool = False) -> Generation:
+    """One greedy assistant reply to `messages`; with `stream`, text is printed to stdout as it comes."""
+    from transformers import TextStreamer
+
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+    began = time.perf_counter()
+    [(text, tokens)] = generate_batch(model, tokenizer, [render_prompt(tokenizer, messages)], max_new_tokens,
+                                      streamer=streamer)
+    return Generation(text=text, tokens=tokens, seconds=time.perf_counter() - began)

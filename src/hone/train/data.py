@@ -1,0 +1,73 @@
+"""Training data: load, render with the chat template, skip what is too long, split off eval."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hone.data.formats import load_chat_examples
+from hone.data.render import RenderedExample, render_chat
+from hone.errors import HoneError
+from hone.train.config import TrainConfig
+
+
+@dataclass
+class TrainingData:
+    """Tokenized train/eval examples plus what was skipped and why."""
+
+    train: list[RenderedExample]
+    eval: list[RenderedExample]
+    fingerprint: str
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def train_tokens(self) -> int:
+        return sum(len(example) for example in self.train)
+
+
+def dataset_fingerprint(paths: list[Path], config: TrainConfig) -> str:
+    """sha256 of the data files' bytes plus the settings that change which examples are used."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(hashlib.sha256(path.read_bytes()).hexdigest().encode())
+    digest.update(f"{config.data.eval_fraction}:{config.data.max_length}:{config.training.seed}".encode())
+    return digest.hexdigest()
+
+
+def _render_all(tokenizer, path: Path, max_length: int, skipped: dict[str, int]) -> list[RenderedExample]:
+    rendered = []
+    for example in load_chat_examples(path):
+        item = render_chat(tokenizer, example.messages)
+        if len(item) > max_length:
+            skipped["longer_than_max_length"] = skipped.get("longer_than_max_length", 0) + 1
+        elif sum(item.trained[1:]) == 0:
+            skipped["no_trained_tokens"] = skipped.get("no_trained_tokens", 0) + 1
+        else:
+            rendered.append(item)
+    return rendered
+
+
+def load_training_data(config: TrainConfig, tokenizer) -> TrainingData:
+    """Render every example once; too-long examples are skipped and counted, never silently cut."""
+    skipped: dict[str, int] = {}
+    train = _render_all(tokenizer, config.data.train, config.data.max_length, skipped)
+    paths = [config.data.train]
+    if config.data.eval is not None:
+        evaluation = _render_all(tokenizer, config.data.eval, config.data.max_length, skipped)
+        paths.append(config.data.eval)
+    elif config.data.eval_fraction > 0:
+        order = list(range(len(train)))
+        random.Random(config.training.seed).shuffle(order)
+        cut = max(1, int(len(train) * config.data.eval_fraction))
+        evaluation = [train[i] for i in order[:cut]]
+        train = [train[i] for i in order[cut:]]
+    else:
+        evaluation = []
+    if not train:
+        raise HoneError(f"{config.data.train}: no usable training examples (skipped: {skipped or 'none'})",
+                        hint=f"check data.max_length ({config.data.max_length}) and that examples have "
+                        "assistant turns; `hone data validate` lists the problems")
+    return TrainingData(train=train, eval=evaluation, fingerprint=dataset_fingerprint(paths, config),
+                        skipped=skipped)

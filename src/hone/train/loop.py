@@ -1,0 +1,206 @@
+"""hone's own training loop: plain PyTorch, readable top to bottom.
+
+forward (body only) -> loss on trained tokens -> backward -> clip -> step -> log; with gradient
+accumulation, warmup + cosine/linear schedule, periodic eval loss, early stopping and checkpoints
+that resume exactly (optimizer, scheduler, RNG and position in the data).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from hone.train.batching import collate, epoch_batches
+from hone.train.checkpoint import Progress, latest_checkpoint, load_checkpoint, save_checkpoint
+from hone.train.config import TrainConfig
+from hone.train.data import TrainingData
+from hone.train.loss import trained_token_loss
+
+
+def lr_lambda(total_steps: int, warmup_steps: int, kind: str):
+    """Multiplier on the peak learning rate at each optimizer step."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def total_optimizer_steps(config: TrainConfig, num_examples: int) -> tuple[int, int]:
+    """(optimizer steps in the run, micro-batches per epoch)."""
+    per_epoch = math.ceil(num_examples / config.training.batch_size)
+    steps = math.ceil(config.training.epochs * per_epoch / config.training.grad_accum)
+    if config.training.max_steps:
+        steps = min(steps, config.training.max_steps) if config.training.epochs else config.training.max_steps
+    return max(1, steps), per_epoch
+
+
+@torch.no_grad()
+def eval_loss(base_model, examples, batch_size: int, pad_id: int) -> float:
+    """Mean cross-entropy per trained token over the eval examples."""
+    was_training = base_model.training
+    base_model.eval()
+    total, count = 0.0, 0
+    lengths = [len(e) for e in examples]
+    for indices in epoch_batches(lengths, batch_size, seed=0, epoch=0):
+        loss, n = trained_token_loss(base_model, collate([examples[i] for i in indices], pad_id))
+        total, count = total + float(loss), count + n
+    base_model.train(was_training)
+    return total / max(1, count)
+
+
+@contextmanager
+def stop_requests():
+    """Turn Ctrl-C / SIGTERM into a flag checked between steps, so a checkpoint is written first."""
+    requested = {"stop": False}
+
+    def handler(signum, frame):
+        requested["stop"] = True
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class Trainer:
+    """Runs one training run into `run_dir`; `fit()` starts or resumes it."""
+
+    def __init__(self, config: TrainConfig, peft_model, data: TrainingData, run_dir: Path, pad_id: int,
+                 show_progress: bool = True):
+        self.config, self.model, self.data, self.run_dir = config, peft_model, data, run_dir
+        self.base = peft_model.get_base_model()
+        self.pad_id = pad_id
+        self.show_progress = show_progress
+        self.lengths = [len(e) for e in data.train]
+        t = config.training
+        self.total_steps, self.batches_per_epoch = total_optimizer_steps(config, len(data.train))
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        warmup = int(t.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(self.total_steps, warmup, t.scheduler))
+        self.progress = Progress()
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.checkpoints = run_dir / "checkpoints"
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint of this run, if there is one."""
+        found = latest_checkpoint(self.checkpoints)
+        if found is None:
+            return False
+        self.progress = load_checkpoint(found, self.model, self.optimizer, self.scheduler)
+        self._truncate_metrics(self.progress.global_step)
+        return True
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric lines logged after the checkpoint, so a resumed run's log has no repeats."""
+        if self.metrics_path.is_file():
+            kept = [line for line in self.metrics_path.read_text().splitlines()
+                    if line and json.loads(line)["step"] <= step]
+            self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    def _micro_batches(self):
+        """Yield (epoch, index in epoch, batch indices) from the current position onwards, forever."""
+        epoch, start = self.progress.epoch, self.progress.batch_in_epoch
+        while True:
+            batches = epoch_batches(self.lengths, self.config.training.batch_size, self.config.training.seed,
+                                    epoch, self.config.training.group_by_length)
+            for index in range(start, len(batches)):
+                yield epoch, index, batches[index]
+            epoch, start = epoch + 1, 0
+
+    def _log(self, record: dict) -> None:
+        with open(self.metrics_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _optimizer_step(self, group) -> tuple[float, int]:
+        """One optimizer step over a group of micro-batches; returns (mean loss per token, tokens)."""
+        batches = [collate([self.data.train[i] for i in indices], self.pad_id) for _, _, indices in group]
+        targets = sum(b.num_trained for b in batches)
+        loss_sum, tokens = 0.0, 0
+        for batch in batches:
+            loss, _ = trained_token_loss(self.base, batch)
+            (loss / max(1, targets)).backward()  # every target token weighs the same across the group
+            loss_sum, tokens = loss_sum + float(loss.detach()), tokens + batch.num_tokens
+        if self.config.training.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], self.config.training.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum / max(1, targets), tokens
+
+    def _maybe_eval(self, record: dict, last: bool) -> bool:
+        """Eval loss when due; returns True when early stopping says to stop."""
+        t = self.config.training
+        due = self.data.eval and (last or (t.eval_every and self.progress.global_step % t.eval_every == 0))
+        if not due:
+            return False
+        loss = eval_loss(self.base, self.data.eval, t.batch_size, self.pad_id)
+        record["eval_loss"] = round(loss, 6)
+        p = self.progress
+        if p.best_eval_loss is None or loss < p.best_eval_loss - 1e-4:
+            p.best_eval_loss, p.best_step, p.evals_without_improvement = loss, p.global_step, 0
+            self.model.save_pretrained(self.run_dir / "adapter")  # the adapter kept is the best one
+            return False
+        p.evals_without_improvement += 1
+        return bool(t.early_stopping_patience and p.evals_without_improvement >= t.early_stopping_patience)
+
+    def fit(self) -> dict:
+        """Train until the step budget, early stopping or a stop request; returns the final figures."""
+        t, p = self.config.training, self.progress
+        self.model.train()
+        stream = self._micro_batches()
+        bar = tqdm(total=self.total_steps, initial=p.global_step, desc="train", unit="step",
+                   disable=not self.show_progress, dynamic_ncols=True)
+        last_loss, stopped_early, interrupted = None, False, False
+        with stop_requests() as stop:
+            while p.global_step < self.total_steps:
+                group = [next(stream) for _ in range(t.grad_accum)]
+                started = time.perf_counter()
+                last_loss, tokens = self._optimizer_step(group)
+                p.train_seconds += time.perf_counter() - started
+                p.tokens += tokens
+                p.global_step += 1
+                epoch_before = p.epoch
+                p.epoch, p.batch_in_epoch = group[-1][0], group[-1][1] + 1
+                if p.batch_in_epoch >= self.batches_per_epoch:
+                    p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+                last = p.global_step == self.total_steps
+                record = {"step": p.global_step, "epoch": round(p.epoch + p.batch_in_epoch / self.batches_per_epoch, 4),
+                          "train_loss": round(last_loss, 6), "lr": self.scheduler.get_last_lr()[0],
+                          "tokens": p.tokens, "tokens_per_s": round(p.tokens / max(p.train_seconds, 1e-9), 1)}
+                stopped_early = self._maybe_eval(record, last)
+                if "eval_loss" in record or p.global_step % t.log_every == 0 or last:
+                    self._log(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}",
+                                epoch=f"{record['epoch']:.2f}")
+                if (t.save_every and p.global_step % t.save_every == 0) or p.epoch > epoch_before or stop["stop"]:
+                    save_checkpoint(self.checkpoints, self.model, self.optimizer, self.scheduler, p,
+                                    keep=t.save_total_limit)
+                if stopped_early or stop["stop"]:
+                    interrupted = stop["stop"] and not stopped_early
+                    break
+        bar.close()
+        if not self.data.eval and not interrupted:
+            self.model.save_pretrained(self.run_dir / "adapter")
+        return {"final_train_loss": last_loss, "stopped_early": stopped_early, "interrupted": interrupted,
+                "steps": p.global_step, "total_steps": self.total_steps}

@@ -1,0 +1,120 @@
+"""The Python API behind `hone train`: set up a run directory, train, write the summary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import yaml
+
+import hone
+from hone.errors import HoneError
+from hone.models import fingerprint, frozen_dtype, load_model, load_tokenizer, local_model_dir
+from hone.train.config import TrainConfig, dump_config, parse_config
+from hone.train.data import TrainingData, load_training_data
+from hone.train.loop import Trainer
+
+
+def code_version() -> str:
+    """hone's version plus the git commit when running from a checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{hone.__version__}+{commit}" if commit else hone.__version__
+
+
+def build_lora_model(config: TrainConfig, dtype: torch.dtype):
+    """The frozen base in `dtype` with trainable LoRA adapters (kept in float32) from PEFT."""
+    from peft import LoraConfig, get_peft_model
+
+    base = load_model(config.base_model, dtype=dtype)
+    base.config.use_cache = False
+    lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                      target_modules=config.lora.target_modules, task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(base, lora)
+    except ValueError as error:
+        raise HoneError(f"lora.target_modules: {error}",
+                        hint="use 'all-linear' or names of linear layers such as q_proj, v_proj") from None
+
+
+def new_run_dir(config: TrainConfig, config_path: Path | None) -> Path:
+    stem = config.run_name or (config_path.stem if config_path else "run")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(config.output_dir) / f"{stem}-{stamp}"
+    suffix = 1
+    while run_dir.exists():
+        run_dir, suffix = Path(config.output_dir) / f"{stem}-{stamp}-{suffix}", suffix + 1
+    return run_dir
+
+
+def read_run_config(run_dir: Path) -> TrainConfig:
+    """The resolved config a run directory was started with."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise HoneError(f"{run_dir} is not a hone run directory: {path} is missing")
+    return parse_config(yaml.safe_load(path.read_text()), source=str(path))
+
+
+def train(config: TrainConfig, *, config_path: Path | None = None, resume_dir: Path | None = None,
+          show_progress: bool = True) -> Path:
+    """Train `config` into a new run directory, or continue the run in `resume_dir`; returns the run dir."""
+    started = time.time()
+    if resume_dir is not None:
+        run_dir = Path(resume_dir)
+        config = read_run_config(run_dir)
+    else:
+        run_dir = new_run_dir(config, config_path)
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.yaml").write_text(dump_config(config))
+    torch.manual_seed(config.training.seed)
+    tokenizer = load_tokenizer(config.base_model)
+    data = load_training_data(config, tokenizer)
+    dtype = frozen_dtype("cpu", config.training.precision)
+    model = build_lora_model(config, dtype)
+    trainer = Trainer(config, model, data, run_dir, pad_id=tokenizer.pad_token_id, show_progress=show_progress)
+    if resume_dir is not None and not trainer.resume():
+        raise HoneError(f"{run_dir}/checkpoints holds no checkpoint to resume from")
+    outcome = trainer.fit()
+    tokenizer.save_pretrained(run_dir / "adapter")  # the adapter folder then also serves chat as-is
+    write_summary(run_dir, config, data, trainer, outcome, dtype, time.time() - started)
+    return run_dir
+
+
+def write_summary(run_dir: Path, config: TrainConfig, data: TrainingData, trainer: Trainer, outcome: dict,
+                  dtype: torch.dtype, wall_seconds: float) -> dict:
+    """summary.json: final figures, fingerprints of data and base model, code version, wall time."""
+    p = trainer.progress
+    summary = {
+        "run_dir": str(run_dir),
+        "method": config.method,
+        "base_model": config.base_model,
+        "base_model_dir": str(local_model_dir(config.base_model)),
+        "base_model_fingerprint": fingerprint(config.base_model),
+        "dataset_fingerprint": data.fingerprint,
+        "code_version": code_version(),
+        "frozen_dtype": str(dtype).replace("torch.", ""),
+        "examples": {"train": len(data.train), "eval": len(data.eval), "skipped": data.skipped},
+        "trainable_parameters": sum(x.numel() for x in trainer.model.parameters() if x.requires_grad),
+        "steps": p.global_step,
+        "total_steps": outcome["total_steps"],
+        "epochs_completed": round(p.epoch + p.batch_in_epoch / trainer.batches_per_epoch, 4),
+        "final_train_loss": outcome["final_train_loss"],
+        "best_eval_loss": p.best_eval_loss,
+        "best_step": p.best_step,
+        "stopped_early": outcome["stopped_early"],
+        "interrupted": outcome["interrupted"],
+        "tokens": p.tokens,
+        "train_seconds": round(p.train_seconds, 2),
+        "tokens_per_s": round(p.tokens / max(p.train_seconds, 1e-9), 1),
+        "wall_seconds": round(wall_seconds, 2),
+        "adapter_dir": str(run_dir / "adapter"),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,149 @@
+"""Training on the tiny model: config validation, loss on assistant tokens only, resume exactness."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from hone.cli import app
+from hone.errors import HoneError
+from hone.train.batching import epoch_batches
+from hone.train.config import load_config, parse_config
+from hone.train.run import train
+
+ANIMALS = ["cat", "dog", "fox", "owl", "bee", "eel", "ant", "yak"]
+
+
+def write_chat_jsonl(path: Path, count: int) -> Path:
+    lines = []
+    for i in range(count):
+        animal = ANIMALS[i % len(ANIMALS)]
+        lines.append(json.dumps({"messages": [
+            {"role": "user", "content": f"which animal is number {i}?" + " please" * (i % 5)},
+            {"role": "assistant", "content": f'{{"animal": "{animal}"}}'},
+        ]}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def make_config(tmp_path: Path, model_dir: Path, **training) -> Path:
+    write_chat_jsonl(tmp_path / "train.jsonl", 24)
+    write_chat_jsonl(tmp_path / "eval.jsonl", 6)
+    settings = {"batch_size": 4, "lr": 5e-3, "epochs": 2, "eval_every": 3, "log_every": 1, **training}
+    config = {
+        "base_model": str(model_dir),
+        "data": {"train": "train.jsonl", "eval": "eval.jsonl", "max_length": 256},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+        "training": settings,
+        "output_dir": str(tmp_path / "runs"),
+    }
+    import yaml
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path, tiny_model_dir):
+    path = make_config(tmp_path, tiny_model_dir)
+    with pytest.raises(HoneError, match=r"training.learning_rate: unknown key; did you mean 'lr'"):
+        load_config(path, ["training.learning_rate=1e-4"])
+    with pytest.raises(HoneError, match=r"lora.rank: unknown key; did you mean 'r'"):
+        load_config(path, ["lora.rank=8"])
+
+
+def test_bad_value_names_the_setting(tmp_path, tiny_model_dir):
+    with pytest.raises(HoneError, match=r"training.batch_size"):
+        load_config(make_config(tmp_path, tiny_model_dir), ["training.batch_size=0"])
+    with pytest.raises(HoneError, match=r"data: Field required"):
+        parse_config({"base_model": "x"})
+
+
+def test_batches_are_grouped_by_length_and_deterministic():
+    lengths = [5, 100, 6, 98, 7, 97, 8, 99] * 4
+    first = epoch_batches(lengths, 4, seed=1, epoch=0)
+    assert first == epoch_batches(lengths, 4, seed=1, epoch=0)
+    assert first != epoch_batches(lengths, 4, seed=1, epoch=1)
+    assert sorted(i for batch in first for i in batch) == list(range(len(lengths)))
+    for batch in first:
+        spread = max(lengths[i] for i in batch) - min(lengths[i] for i in batch)
+        assert spread <= 3
+
+
+def test_training_writes_the_run_directory_and_lowers_loss(tmp_path, tiny_model_dir):
+    run_dir = train(load_config(make_config(tmp_path, tiny_model_dir)), show_progress=False)
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 13))
+    assert {"step", "epoch", "train_loss", "lr", "tokens", "tokens_per_s"} <= set(records[0])
+    evals = [r["eval_loss"] for r in records if "eval_loss" in r]
+    assert len(evals) == 4 and evals[-1] < evals[0]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 12 and len(summary["dataset_fingerprint"]) == 64
+    assert len(summary["base_model_fingerprint"]) == 64
+    assert list((run_dir / "checkpoints").glob("step-*"))
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    PeftModel.from_pretrained(base, str(run_dir / "adapter"))
+
+
+def test_prompt_tokens_do_not_change_the_loss(tiny_model_dir):
+    from hone.data.render import render_chat
+    from hone.models import load_model, load_tokenizer
+    from hone.train.batching import collate
+    from hone.train.loss import trained_token_loss
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    model = load_model(str(tiny_model_dir))
+    reply = {"role": "assistant", "content": "dog"}
+    a = render_chat(tokenizer, [{"role": "user", "content": "hello"}, reply])
+    loss, n = trained_token_loss(model, collate([a], tokenizer.pad_token_id))
+    logits = model(input_ids=torch.tensor([a.input_ids])).logits[0, :-1]
+    targets = torch.tensor(a.input_ids[1:])
+    mask = torch.tensor(a.trained[1:])
+    expected = torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum")
+    assert n == int(mask.sum()) and torch.allclose(loss, expected, atol=1e-4)
+
+
+def test_resume_continues_exactly(tmp_path, tiny_model_dir):
+    config = load_config(make_config(tmp_path, tiny_model_dir, save_every=2, save_total_limit=20))
+    straight = train(config, show_progress=False)
+
+    # The state a run killed right after its step-4 checkpoint leaves on disk.
+    killed = tmp_path / "killed"
+    shutil.copytree(straight, killed)
+    for later in sorted((killed / "checkpoints").glob("step-*"))[2:]:
+        shutil.rmtree(later)
+    shutil.rmtree(killed / "adapter")
+    resumed = train(None, resume_dir=killed, show_progress=False)
+
+    final_a = load_file(str(straight / "checkpoints" / "step-0000012" / "trainable.safetensors"))
+    final_b = load_file(str(resumed / "checkpoints" / "step-0000012" / "trainable.safetensors"))
+    for name in final_a:
+        assert torch.equal(final_a[name], final_b[name]), name
+    a = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in b] == list(range(1, 13))
+    assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
+
+
+def test_cli_dry_run_marks_trained_tokens(tmp_path, tiny_model_dir):
+    result = CliRunner().invoke(app, ["train", str(make_config(tmp_path, tiny_model_dir)), "--dry-run",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    trained = "".join(text for text, flag in report["example"]["segments"] if flag)
+    assert trained.startswith('{"animal": "') and trained.endswith("<|im_end|>\n")
+    assert report["estimate"]["seconds_per_epoch"] > 0
+    assert report["examples"]["train"] == 24
