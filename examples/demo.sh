@@ -11,7 +11,9 @@ echo "== 2/4 check the training data"
 hone data validate "$DATA/train.jsonl"
 
 echo "== 3/4 fine-tune with LoRA"
-RUN_DIR=$(hone train "$DATA/demo.yaml" | tail -n 1)
+TRAIN_LOG=$(mktemp)
+hone train "$DATA/demo.yaml" | tee "$TRAIN_LOG"
+RUN_DIR=$(tail -n 1 "$TRAIN_LOG")
 
 echo "== 4/4 evaluate base vs fine-tuned on the held-out test set"
 hone eval --adapter "$RUN_DIR" --data "$DATA/test.jsonl" --out "$RUN_DIR/eval"

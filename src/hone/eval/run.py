@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 import time
 from contextlib import nullcontext
@@ -10,8 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hone.data.formats import load_chat_examples
 from hone.data.render import render_prompt
@@ -21,6 +19,7 @@ from hone.eval.metrics import aggregate, deltas, score_reply
 from hone.eval.report import MODEL_LABELS, write_report
 from hone.models import fingerprint, frozen_dtype, load_model, load_tokenizer
 from hone.models.finetuned import adapter_fingerprint, attach_adapter, default_device, read_run_dir
+from hone.settings import read_yaml_mapping, resolve_relative, validate
 
 MAX_NEW_TOKENS_CAP = 256
 
@@ -45,23 +44,9 @@ class EvalConfig(BaseModel):
         return self
 
 
-def _describe(error: dict, source: str) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    if error["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(key, list(EvalConfig.model_fields), n=1, cutoff=0.5)
-        known = ", ".join(EvalConfig.model_fields)
-        suggestion = f"did you mean '{close[0]}'?" if close else f"known keys: {known}"
-        return f"{source}: {key}: unknown key; {suggestion}"
-    return f"{source}: {key}: {error['msg'].removeprefix('Value error, ')}"
-
-
 def validate_eval_config(raw: dict[str, Any], source: str = "hone eval") -> EvalConfig:
     """Validate eval settings; every problem is reported with its key and, for typos, a suggestion."""
-    try:
-        return EvalConfig.model_validate(raw)
-    except ValidationError as error:
-        lines = [_describe(e, source) for e in error.errors()]
-        raise HoneError("invalid eval settings:\n  " + "\n  ".join(lines)) from None
+    return validate(EvalConfig, raw, source, "eval settings")
 
 
 def load_eval_config(path: Path | None, overrides: dict[str, Any]) -> EvalConfig:
@@ -70,28 +55,14 @@ def load_eval_config(path: Path | None, overrides: dict[str, Any]) -> EvalConfig
     Relative data and adapter paths in the file are resolved against the file's folder when they do not
     exist relative to the working directory.
     """
-    raw = _read_yaml(path) if path else {}
+    raw = read_yaml_mapping(path, "eval config") if path else {}
     raw.update({key: value for key, value in overrides.items() if value is not None})
     config = validate_eval_config(raw, source=str(path) if path else "hone eval")
     if path:
         for key in ("data", "adapter"):
-            value = getattr(config, key)
-            given_as_flag = overrides.get(key) is not None
-            if value is not None and not given_as_flag and not value.is_absolute() and not value.exists():
-                setattr(config, key, (path.parent / value).resolve())
+            if overrides.get(key) is None:
+                setattr(config, key, resolve_relative(getattr(config, key), path))
     return config
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise HoneError(f"eval config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise HoneError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise HoneError(f"{path}: expected a mapping of settings (base, adapter, data, out, ...)")
-    return raw
 
 
 @dataclass

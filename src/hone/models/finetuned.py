@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import torch
 import yaml
 
 from hone.errors import HoneError
-from hone.models.loading import frozen_dtype, load_model, load_tokenizer, sha256_file
+from hone.models.loading import frozen_dtype, load_model, load_tokenizer, peft_quietly, sha256_file
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -96,9 +95,7 @@ def attach_adapter(model, adapter_dir: Path, base: str):
     from peft import PeftModel
 
     try:
-        with warnings.catch_warnings():
-            # peft reads a transformers property deprecated in v5; the user can do nothing about it
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        with peft_quietly():
             return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as error:
         raise HoneError(f"the adapter in {adapter_dir} does not fit base model '{base}': {error}",

@@ -6,6 +6,8 @@ import hashlib
 import json
 import shutil
 import tempfile
+import warnings
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,6 +26,14 @@ def _quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+@contextmanager
+def peft_quietly():
+    """PEFT reads a transformers property deprecated in v5; the user can do nothing about the warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

@@ -1,18 +1,15 @@
-"""The training config: one pydantic schema validates the whole YAML, with cross-field checks.
-
-Unknown keys are rejected with a "did you mean ..." suggestion instead of being silently ignored.
-"""
+"""The training config: one pydantic schema validates the whole YAML, with cross-field checks."""
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hone.errors import HoneError
+from hone.settings import read_yaml_mapping, resolve_relative, validate
 
 
 class Section(BaseModel):
@@ -69,54 +66,9 @@ class TrainConfig(Section):
         return self
 
 
-# Names other fine-tuning tools use for our settings, so their users get pointed at ours.
-ALIASES = {
-    "learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "epochs",
-    "micro_batch_size": "batch_size", "per_device_train_batch_size": "batch_size",
-    "gradient_accumulation_steps": "grad_accum", "lr_scheduler": "scheduler",
-    "lr_scheduler_type": "scheduler", "rank": "r", "lora_r": "r", "lora_alpha": "alpha",
-    "lora_dropout": "dropout", "lora_target_modules": "target_modules", "sequence_len": "max_length",
-    "max_seq_length": "max_length", "model": "base_model", "base_model_name_or_path": "base_model",
-}
-
-
-def suggest(key: str, choices: list[str]) -> str | None:
-    """The known key a mistyped or foreign key most likely means."""
-    if ALIASES.get(key) in choices:
-        return ALIASES[key]
-    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
-    return close[0] if close else None
-
-
-def _known_keys(model: type[BaseModel], path: tuple[str, ...]) -> list[str]:
-    for part in path:
-        annotation = model.model_fields[part].annotation
-        model = next((a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)
-                      and issubclass(a, BaseModel)), annotation)
-    return list(model.model_fields)
-
-
-def _describe(error: dict, source: str) -> str:
-    location = ".".join(str(part) for part in error["loc"])
-    if error["type"] == "extra_forbidden":
-        *parent, key = [str(p) for p in error["loc"]]
-        try:
-            choices = _known_keys(TrainConfig, tuple(parent))
-        except (KeyError, AttributeError):
-            choices = []
-        guess = suggest(key, choices)
-        hint = f"; did you mean '{guess}'?" if guess else f"; known keys: {', '.join(choices)}"
-        return f"{source}: {location}: unknown key{hint}"
-    return f"{source}: {location or '(top level)'}: {error['msg']}"
-
-
 def parse_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:
     """Validate a config dict; every problem is reported with its dotted key path."""
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as error:
-        lines = [_describe(e, source) for e in error.errors()]
-        raise HoneError("invalid training config:\n  " + "\n  ".join(lines)) from None
+    return validate(TrainConfig, raw, source, "training config")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -138,19 +90,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def load_config(path: Path, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML training config, apply overrides, resolve data paths relative to the config file."""
     path = Path(path)
-    if not path.is_file():
-        raise HoneError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise HoneError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise HoneError(f"{path}: expected a mapping of settings at the top level")
+    raw = read_yaml_mapping(path, "training config")
     config = parse_config(apply_overrides(raw, overrides or []), source=str(path))
-    for key in ("train", "eval"):
-        value = getattr(config.data, key)
-        if value is not None and not value.is_absolute() and not value.exists():
-            setattr(config.data, key, (path.parent / value).resolve())
+    config.data.train = resolve_relative(config.data.train, path)
+    config.data.eval = resolve_relative(config.data.eval, path)
     return config
 
 

@@ -14,6 +14,7 @@ import yaml
 import hone
 from hone.errors import HoneError
 from hone.models import fingerprint, frozen_dtype, load_model, load_tokenizer, local_model_dir
+from hone.models.loading import peft_quietly
 from hone.train.config import TrainConfig, dump_config, parse_config
 from hone.train.data import TrainingData, load_training_data
 from hone.train.loop import Trainer
@@ -38,7 +39,8 @@ def build_lora_model(config: TrainConfig, dtype: torch.dtype):
     lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
                       target_modules=config.lora.target_modules, task_type="CAUSAL_LM")
     try:
-        return get_peft_model(base, lora)
+        with peft_quietly():
+            return get_peft_model(base, lora)
     except ValueError as error:
         raise HoneError(f"lora.target_modules: {error}",
                         hint="use 'all-linear' or names of linear layers such as q_proj, v_proj") from None

@@ -1,0 +1,5 @@
+"""`python -m hone` runs the CLI."""
+
+from hone.cli import main
+
+main()

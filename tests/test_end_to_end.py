@@ -1,0 +1,60 @@
+"""End to end on the real bundled SmolLM2-135M-Instruct: train a few steps, load the adapter, evaluate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "examples" / "support_tickets"
+MODEL = "smollm2-135m-instruct"
+
+pytestmark = pytest.mark.real_model
+
+
+@pytest.fixture
+def shared_model_cache(monkeypatch):
+    """Use the user's real HONE_HOME so the de-quantized model is converted once, not per test."""
+    home = os.environ.get("HONE_E2E_HOME", str(Path.home() / ".cache" / "hone"))
+    monkeypatch.setenv("HONE_HOME", home)
+    return Path(home)
+
+
+def test_cli_lists_the_bundled_model(shared_model_cache):
+    result = subprocess.run([sys.executable, "-m", "hone", "models", "list", "--json"], capture_output=True,
+                            text=True, check=True)
+    models = {m["name"]: m for m in json.loads(result.stdout)["models"]}
+    assert models[MODEL]["installed"] is True
+
+
+def test_train_then_evaluate_on_the_real_model(tmp_path, shared_model_cache):
+    from peft import PeftModel
+
+    from hone.eval import evaluate
+    from hone.models import load_model
+    from hone.train.config import load_config
+    from hone.train.run import train
+
+    subset = tmp_path / "train32.jsonl"
+    subset.write_text("".join(DATA.joinpath("train.jsonl").read_text().splitlines(keepends=True)[:32]))
+    config = load_config(DATA / "demo.yaml", [f"data.train={subset}", "data.eval_fraction=0.0",
+                                              "training.early_stopping_patience=null", "training.eval_every=null",
+                                              "training.max_steps=3", f"output_dir={tmp_path / 'runs'}"])
+    run_dir = train(config, show_progress=False)
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["tokens"] > 0
+    assert summary["base_model_fingerprint"] and summary["dataset_fingerprint"]
+    PeftModel.from_pretrained(load_model(MODEL), str(run_dir / "adapter"))
+
+    report = evaluate(adapter=run_dir, data=DATA / "test.jsonl", out=tmp_path / "eval", limit=4,
+                      max_new_tokens=48, show_progress=False)
+    assert set(report["aggregates"]) == {"base", "finetuned"}
+    assert {"exact_match", "token_f1", "rouge_l", "json_valid"} <= set(report["deltas"])
+    assert all(len(e["outputs"]) == 2 for e in report["examples"])
+    assert Path(report["paths"]["html"]).is_file()
