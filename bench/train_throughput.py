@@ -70,7 +70,7 @@ def run_trl(train_file: Path, out: Path) -> dict:
     model = AutoModelForCausalLM.from_pretrained(folder)
     args = SFTConfig(output_dir=str(out / "trl"), per_device_train_batch_size=s["batch_size"],
                      num_train_epochs=s["epochs"], learning_rate=s["lr"], lr_scheduler_type=s["scheduler"],
-                     warmup_ratio=s["warmup_ratio"], max_length=s["max_length"], seed=s["seed"],
+                     warmup_steps=s["warmup_ratio"], max_length=s["max_length"], seed=s["seed"],
                      logging_steps=10, save_strategy="no", report_to=[], use_cpu=True, bf16=False,
                      max_grad_norm=1.0, weight_decay=0.0, dataloader_num_workers=0)
     lora = LoraConfig(r=s["r"], lora_alpha=s["alpha"], lora_dropout=s["dropout"],

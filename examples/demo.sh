@@ -16,7 +16,7 @@ hone train "$DATA/demo.yaml" | tee "$TRAIN_LOG"
 RUN_DIR=$(tail -n 1 "$TRAIN_LOG")
 
 echo "== 4/4 evaluate base vs fine-tuned on the held-out test set"
-hone eval --adapter "$RUN_DIR" --data "$DATA/test.jsonl" --out "$RUN_DIR/eval"
+hone eval --adapter "$RUN_DIR" --data "$DATA/test.jsonl" --out "$RUN_DIR/eval" --batch-size 40
 
 echo
 echo "adapter: $RUN_DIR/adapter (PEFT format)"

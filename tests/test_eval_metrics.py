@@ -4,6 +4,7 @@ from hone.eval.metrics import (
     aggregate,
     deltas,
     exact_match,
+    json_fields,
     json_valid,
     normalize_answer,
     rouge_l,
@@ -47,6 +48,14 @@ def test_rouge_l_matches_hand_computed_value():
     assert rouge_l("completely different", "the cat sat") == 0.0
 
 
+def test_json_fields_counts_matching_fields_of_the_reference():
+    reference = '{"category": "billing", "order_id": "ORD-1", "urgency": "high", "sentiment": null}'
+    assert json_fields('{"category": "billing", "order_id": null, "urgency": "high", "sentiment": null}',
+                       reference) == 0.75
+    assert json_fields("not json", reference) == 0.0
+    assert json_fields('{"a": 1}', "[1, 2]") is None
+
+
 def test_json_valid_applies_only_to_json_references():
     assert json_valid('{"a": 1}', '{"b": 2}') == 1.0
     assert json_valid("{'a': 1}", '{"b": 2}') == 0.0
@@ -57,7 +66,7 @@ def test_json_valid_applies_only_to_json_references():
 def test_score_reply_reports_percentages_and_length():
     scores = score_reply("the cat sat", "a cat sat down", output_tokens=3)
     assert scores == {"exact_match": 0.0, "token_f1": 80.0, "rouge_l": pytest.approx(57.14, abs=0.01),
-                      "json_valid": None, "output_tokens": 3}
+                      "json_valid": None, "json_fields": None, "output_tokens": 3}
 
 
 def test_aggregate_means_skip_inapplicable_examples_and_deltas_subtract_base():

@@ -64,8 +64,22 @@ class PreferenceExample:
     line: int
 
 
+class HasProblems:
+    """Splits a `problems` list into errors and warnings."""
+
+    problems: list[Problem]
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+
 @dataclass
-class Dataset:
+class Dataset(HasProblems):
     """Everything read from one file: usable examples, every problem, and how many lines were read."""
 
     path: str
@@ -75,13 +89,6 @@ class Dataset:
     lines_read: int  # non-blank lines (CSV: data rows); each gave an example or an error
     blank_lines: int
 
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "warning"]
 
 
 @dataclass

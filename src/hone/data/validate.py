@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hone.data.formats import Example, PreferenceExample, Problem, read_dataset
+from hone.data.formats import Example, HasProblems, PreferenceExample, Problem, read_dataset
 from hone.data.render import render_chat
 from hone.models import load_tokenizer
 
@@ -23,7 +23,7 @@ MIN_EXAMPLES = 10  # the OpenAI fine-tuning minimum; 50-100 usually show a clear
 
 
 @dataclass
-class ValidationReport:
+class ValidationReport(HasProblems):
     """The outcome of `validate_file`: every problem, sorted by line, and the token statistics."""
 
     file: str
@@ -32,14 +32,6 @@ class ValidationReport:
     max_length: int
     problems: list[Problem]
     stats: dict[str, int | float]
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "warning"]
 
     @property
     def ok(self) -> bool:

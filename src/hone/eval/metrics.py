@@ -14,8 +14,8 @@ from functools import lru_cache
 from statistics import mean
 from typing import Any
 
-METRICS = ("exact_match", "token_f1", "rouge_l", "json_valid", "output_tokens")
-PERCENT_METRICS = ("exact_match", "token_f1", "rouge_l", "json_valid")
+METRICS = ("exact_match", "token_f1", "rouge_l", "json_valid", "json_fields", "output_tokens")
+PERCENT_METRICS = ("exact_match", "token_f1", "rouge_l", "json_valid", "json_fields")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
@@ -86,12 +86,27 @@ def json_valid(prediction: str, reference: str) -> float | None:
     return float(parse_json_document(prediction) is not None)
 
 
+def json_fields(prediction: str, reference: str) -> float | None:
+    """Share of the reference object's fields that the reply's JSON object has with equal values.
+
+    None when the reference is not a JSON object; 0.0 when the reply is not one.
+    """
+    expected = parse_json_document(reference)
+    if not isinstance(expected, dict) or not expected:
+        return None
+    predicted = parse_json_document(prediction)
+    if not isinstance(predicted, dict):
+        return 0.0
+    return sum(key in predicted and predicted[key] == value for key, value in expected.items()) / len(expected)
+
+
 def score_reply(prediction: str, reference: str, output_tokens: int) -> dict[str, float | int | None]:
     """Every metric for one reply: the fraction metrics in percent (0-100), plus its length in tokens."""
     fractions = {"exact_match": exact_match(prediction, reference),
                  "token_f1": token_f1(prediction, reference),
                  "rouge_l": rouge_l(prediction, reference),
-                 "json_valid": json_valid(prediction, reference)}
+                 "json_valid": json_valid(prediction, reference),
+                 "json_fields": json_fields(prediction, reference)}
     scores: dict[str, Any] = {name: None if value is None else round(100 * value, 2)
                               for name, value in fractions.items()}
     scores["output_tokens"] = output_tokens

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,15 +114,30 @@ def _timing(generations: list[Generation], seconds: float) -> dict[str, float | 
             "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None}
 
 
+@contextmanager
+def _adapter_mode(model, key: str, has_adapter: bool):
+    """One copy of the base weights serves both passes: the adapter is off for the base pass and merged
+    into the weights for the fine-tuned pass, so decoding pays no per-layer LoRA overhead."""
+    if not has_adapter:
+        yield
+    elif key == "base":
+        with model.disable_adapter():
+            yield
+    else:
+        model.merge_adapter()
+        try:
+            yield
+        finally:
+            model.unmerge_adapter()
+
+
 def _generate_all(model, tokenizer, prompts: list[list[int]], keys: list[str], max_new_tokens: int,
                   batch_size: int, show_progress: bool) -> tuple[dict[str, list[Generation]], dict]:
     """Replies and timings of each evaluated model ("base", then "finetuned" when an adapter is loaded)."""
     outputs, timings = {}, {}
     for key in keys:
         began = time.perf_counter()
-        # one copy of the base weights serves both passes: the adapter is switched off for the base pass
-        adapter_off = model.disable_adapter() if key == "base" and "finetuned" in keys else nullcontext()
-        with adapter_off:
+        with _adapter_mode(model, key, "finetuned" in keys):
             outputs[key] = generate_replies(model, tokenizer, prompts, max_new_tokens, batch_size,
                                             MODEL_LABELS[key], show_progress)
         timings[key] = _timing(outputs[key], time.perf_counter() - began)

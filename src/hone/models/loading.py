@@ -62,6 +62,7 @@ def _convert_gguf(source: ModelSource, target: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
     config = model.config
+    config.architectures = [type(model).__name__]
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the cached copy holds plain de-quantized weights
     staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))

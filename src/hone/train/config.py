@@ -17,7 +17,8 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    train: Path = Field(description="Training file (any format `hone data validate` accepts).")
+    train: Path = Field(description="Training file (any format `hone data validate` accepts) or a dataset "
+                        "folder written by `hone data prepare` (its val split becomes the eval set).")
     eval: Path | None = Field(None, description="Held-out file for eval loss; else eval_fraction of train.")
     eval_fraction: float = Field(0.0, ge=0.0, lt=0.5, description="Share of train held out when no eval file.")
     max_length: int = Field(1024, ge=16, description="Examples longer than this (in tokens) are skipped.")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from hone.data.formats import load_chat_examples
 from hone.data.render import RenderedExample, render_chat
+from hone.data.versions import is_dataset_dir, read_manifest
 from hone.errors import HoneError
 from hone.train.config import TrainConfig
 
@@ -21,6 +22,7 @@ class TrainingData:
     eval: list[RenderedExample]
     fingerprint: str
     skipped: dict[str, int] = field(default_factory=dict)
+    dataset_id: str | None = None  # set when training on a `hone data prepare` dataset folder
 
     @property
     def train_tokens(self) -> int:
@@ -49,8 +51,22 @@ def _render_all(tokenizer, path: Path, max_length: int, skipped: dict[str, int])
     return rendered
 
 
+def use_dataset_dir(config: TrainConfig) -> str | None:
+    """Point data.train (and data.eval, when unset) at a prepared dataset folder's files; returns its id."""
+    if not is_dataset_dir(config.data.train):
+        return None
+    folder = config.data.train
+    manifest = read_manifest(folder)
+    config.data.train = folder / "train.jsonl"
+    has_val = manifest.get("files", {}).get("val.jsonl", {}).get("examples", 0) > 0
+    if config.data.eval is None and config.data.eval_fraction == 0 and has_val:
+        config.data.eval = folder / "val.jsonl"
+    return manifest["dataset_id"]
+
+
 def load_training_data(config: TrainConfig, tokenizer) -> TrainingData:
     """Render every example once; too-long examples are skipped and counted, never silently cut."""
+    dataset_id = use_dataset_dir(config)
     skipped: dict[str, int] = {}
     train = _render_all(tokenizer, config.data.train, config.data.max_length, skipped)
     paths = [config.data.train]
@@ -70,4 +86,4 @@ def load_training_data(config: TrainConfig, tokenizer) -> TrainingData:
                         hint=f"check data.max_length ({config.data.max_length}) and that examples have "
                         "assistant turns; `hone data validate` lists the problems")
     return TrainingData(train=train, eval=evaluation, fingerprint=dataset_fingerprint(paths, config),
-                        skipped=skipped)
+                        skipped=skipped, dataset_id=dataset_id)

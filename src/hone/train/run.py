@@ -100,6 +100,7 @@ def write_summary(run_dir: Path, config: TrainConfig, data: TrainingData, traine
         "base_model_dir": str(local_model_dir(config.base_model)),
         "base_model_fingerprint": fingerprint(config.base_model),
         "dataset_fingerprint": data.fingerprint,
+        "dataset_id": data.dataset_id,
         "code_version": code_version(),
         "frozen_dtype": str(dtype).replace("torch.", ""),
         "examples": {"train": len(data.train), "eval": len(data.eval), "skipped": data.skipped},
