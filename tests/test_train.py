@@ -67,9 +67,9 @@ def test_bad_value_names_the_setting(tmp_path, tiny_model_dir):
 
 def test_batches_are_grouped_by_length_and_deterministic():
     lengths = [5, 100, 6, 98, 7, 97, 8, 99] * 4
-    first = epoch_batches(lengths, 4, seed=1, epoch=0)
-    assert first == epoch_batches(lengths, 4, seed=1, epoch=0)
-    assert first != epoch_batches(lengths, 4, seed=1, epoch=1)
+    first = epoch_batches(lengths, 4, seed=1, epoch=0, group_by_length=True)
+    assert first == epoch_batches(lengths, 4, seed=1, epoch=0, group_by_length=True)
+    assert first != epoch_batches(lengths, 4, seed=1, epoch=1, group_by_length=True)
     assert sorted(i for batch in first for i in batch) == list(range(len(lengths)))
     for batch in first:
         spread = max(lengths[i] for i in batch) - min(lengths[i] for i in batch)

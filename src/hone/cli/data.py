@@ -80,3 +80,42 @@ def _print_report(report: ValidationReport) -> None:
                       "training")
     else:
         console.print(f"[green]ok[/green]: no errors, {warnings} warning(s)")
+
+
+@app.command("prepare")
+def prepare(
+    source: Annotated[Path, typer.Argument(help="A prepare config (.yaml) or one data file / documents folder.")],
+    out: Annotated[Path | None, typer.Option(help="Dataset folder to write (overrides the config's out).")] = None,
+    strict: Annotated[bool, typer.Option(help="Stop at the first broken input line.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace an existing, different dataset version in --out.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Clean, scrub PII, deduplicate, filter, decontaminate and split data into a versioned dataset folder."""
+    from hone.data.curate.prepare import PrepareConfig, load_prepare_config
+    from hone.data.curate.prepare import prepare as build
+    from hone.settings import validate as validate_settings
+
+    overrides = {k: v for k, v in {"out": out, "strict": strict or None}.items() if v is not None}
+    if source.suffix in (".yaml", ".yml"):
+        config = load_prepare_config(source, overrides)
+    else:
+        if out is None:
+            raise HoneError("give --out DIR for the dataset folder", hint=f"hone data prepare {source} --out DIR")
+        raw = {"inputs": [{"path": str(source)}], **overrides}
+        config = validate_settings(PrepareConfig, raw, "hone data prepare", "data prepare settings")
+    manifest = build(config, force=force)
+    if as_json:
+        emit_json(manifest)
+        return
+    counts, verdict = manifest["counts"], manifest["readiness"]
+    table = Table("step", "counts", "removed", title="curation steps")
+    for step in manifest["steps"]:
+        shown = ", ".join(f"{k}={v}" for k, v in step["counts"].items()) or "-"
+        table.add_row(step["name"], shown, str(step["removed"]))
+    console.print(table)
+    console.print(f"{counts['ingested']} examples in, {counts['broken_lines']} broken lines reported; "
+                  f"train {counts['train']}, val {counts['val']}, test {counts['test']}")
+    console.print(f"readiness: [bold]{verdict['verdict']}[/bold] - {verdict.get('message', '')}")
+    console.print(f"dataset id {manifest['dataset_id']}")
+    console.print(f"report: {config.out / 'report.html'}")
+    print(config.out)

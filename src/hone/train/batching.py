@@ -29,7 +29,7 @@ class Batch:
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
-                  group_by_length: bool = True, pool: int = 64) -> list[list[int]]:
+                  group_by_length: bool = False, pool: int = 64) -> list[list[int]]:
     """The batches of one epoch as lists of example indices, deterministic in (seed, epoch).
 
     Examples are shuffled, then sorted by length within pools of `pool` batches, so batches hold

@@ -41,7 +41,9 @@ class TrainingConfig(Section):
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
-    group_by_length: bool = Field(True, description="Batch examples of similar length to avoid padding.")
+    group_by_length: bool = Field(False, description="Batch examples of similar length to avoid padding: faster "
+                                  "on data of very uneven length, but batches are less mixed (on the demo data it "
+                                  "cost 5% eval loss for no speed).")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="dtype of the frozen weights.")
     eval_every: int | None = Field(None, ge=1, description="Eval loss every N optimizer steps (and at the end).")
     early_stopping_patience: int | None = Field(None, ge=1, description="Evals without improvement to stop.")

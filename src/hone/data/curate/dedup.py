@@ -1,0 +1,131 @@
+"""Exact deduplication (hash of normalised text) and near-duplicate removal with MinHash LSH.
+
+The first example of a group is kept; later ones are removed and listed with the one they repeat, so
+the report can show each cluster. Near duplicates: Jaccard similarity of word n-gram shingles,
+estimated with MinHash (datasketch) and found with locality-sensitive hashing, so the cost grows with
+the number of examples, not with its square.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+import zlib
+
+import numpy as np
+from datasketch import LeanMinHash, MinHash, MinHashLSH
+from tqdm import tqdm
+
+from hone.data.curate.steps import StepReport, example_text, excerpt
+from hone.data.formats import Example
+
+MAX_CLUSTERS_SHOWN = 200  # the report lists this many clusters; counts always cover all of them
+_WORD = re.compile(r"\w+")
+
+
+def normalised_text(example: Example) -> str:
+    """Roles and contents, case-folded, with punctuation-insensitive single spacing."""
+    return "\n".join(f"{m['role']}: {' '.join(_WORD.findall(m['content'].casefold()))}" for m in example.messages)
+
+
+def _where(example: Example, **extra) -> dict:
+    return {"source": example.source, "line": example.line, "excerpt": excerpt(example_text(example)), **extra}
+
+
+class _Clusters:
+    """Kept example -> the examples removed as its duplicates, in input order."""
+
+    def __init__(self) -> None:
+        self.groups: dict[int, dict] = {}
+
+    def add(self, kept: Example, removed: Example, **extra) -> None:
+        group = self.groups.setdefault(id(kept), {"kept": _where(kept), "removed": []})
+        group["removed"].append(_where(removed, **extra))
+
+    def summary(self) -> dict:
+        groups = list(self.groups.values())
+        return {"clusters_total": len(groups), "clusters": groups[:MAX_CLUSTERS_SHOWN]}
+
+
+def exact_dedup(examples: list[Example]) -> tuple[list[Example], StepReport]:
+    """Remove examples whose normalised text equals an earlier example's."""
+    report = StepReport("exact_dedup", params={"normalisation": "case-folded words, roles kept"})
+    first_seen: dict[bytes, Example] = {}
+    clusters = _Clusters()
+    kept = []
+    for example in examples:
+        key = hashlib.blake2b(normalised_text(example).encode(), digest_size=16).digest()
+        original = first_seen.setdefault(key, example)
+        if original is example:
+            kept.append(example)
+            continue
+        report.remove(example, "exact_duplicate", f"same text as {original.source}:{original.line}")
+        clusters.add(original, example)
+    report.count("kept", len(kept))
+    report.extra = clusters.summary()
+    return kept, report
+
+
+def _hash32(data: bytes) -> int:
+    """A fast, stable 32-bit hash (the same on every run, unlike Python's salted hash())."""
+    return zlib.crc32(data)
+
+
+def shingles(text: str, size: int) -> set[bytes]:
+    """Word n-grams of the case-folded text; a text shorter than n words is one shingle."""
+    words = _WORD.findall(text.casefold())
+    if len(words) <= size:
+        return {" ".join(words).encode()}
+    return {" ".join(words[i:i + size]).encode() for i in range(len(words) - size + 1)}
+
+
+class _Signer:
+    """MinHash signatures with shared permutations; hashing is vectorised over all shingles at once."""
+
+    def __init__(self, num_perm: int, seed: int = 1):
+        self.template = MinHash(num_perm=num_perm, seed=seed, hashfunc=_hash32)
+
+    def sign(self, text: str, size: int) -> LeanMinHash:
+        minhash = self.template.copy()
+        minhash.update_batch(list(shingles(text, size)))
+        return LeanMinHash(minhash)
+
+
+def near_dedup(examples: list[Example], threshold: float = 0.8, shingle_words: int = 5,
+               num_perm: int = 128) -> tuple[list[Example], StepReport]:
+    """Remove examples whose estimated Jaccard similarity to a kept example is >= threshold."""
+    report = StepReport("near_dedup", params={"threshold": threshold, "shingle_words": shingle_words,
+                                              "num_perm": num_perm, "method": "MinHash LSH (datasketch)"})
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    signer = _Signer(num_perm)
+    signatures: dict[int, LeanMinHash] = {}
+    clusters = _Clusters()
+    kept = []
+    progress = tqdm(examples, desc="near-duplicates", unit="ex", file=sys.stderr, disable=None)
+    for index, example in enumerate(progress):
+        signature = signer.sign(example_text(example), shingle_words)
+        match, similarity = _best_match(lsh, signatures, signature, threshold)
+        if match is None:
+            lsh.insert(index, signature, check_duplication=False)
+            signatures[index] = signature
+            kept.append((index, example))
+            continue
+        original = examples[match]
+        report.remove(example, "near_duplicate", f"~{similarity:.2f} similar to {original.source}:{original.line}")
+        clusters.add(original, example, similarity=round(similarity, 3))
+    report.count("kept", len(kept))
+    report.extra = clusters.summary()
+    return [example for _, example in kept], report
+
+
+def _best_match(lsh: MinHashLSH, signatures: dict[int, LeanMinHash], signature: LeanMinHash,
+                threshold: float) -> tuple[int | None, float]:
+    """The most similar kept example among the LSH candidates whose estimate reaches the threshold."""
+    best, best_similarity = None, 0.0
+    for candidate in lsh.query(signature):
+        similarity = float(np.mean(signatures[candidate].hashvalues == signature.hashvalues))
+        if similarity >= threshold and (similarity > best_similarity or
+                                        (similarity == best_similarity and candidate < best)):
+            best, best_similarity = candidate, similarity
+    return best, best_similarity
