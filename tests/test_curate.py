@@ -180,6 +180,8 @@ def test_readiness_verdicts_and_class_balance():
     result = readiness("classification", 260, ["a"] * 240 + ["b"] * 20)
     assert result["verdict"] == "too small" and result["smallest_class"] == {"label": "b", "count": 20}
     assert any("imbalanced" in warning for warning in result["warnings"])
+    with pytest.raises(ValueError, match="split.stratify"):
+        PrepareConfig(inputs=[{"path": "x.jsonl"}], out="ds", task={"type": "classification"})
 
 
 def test_every_input_format_round_trips_to_the_canonical_chat_form(tmp_path):
@@ -278,3 +280,27 @@ def test_cli_prepare_writes_a_dataset_that_hone_train_accepts(tmp_path, tiny_mod
     run_dir = train(run_config, show_progress=False)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["dataset_id"] == manifest["dataset_id"] and summary["examples"]["eval"] == 4
+
+
+def test_an_installed_spacy_ner_model_adds_person_and_location(tmp_path):
+    import spacy
+    from spacy.training import Example as SpacyExample
+
+    sentences = [("Anna Berg moved to Oslo last spring.", [(0, 9, "PERSON"), (19, 23, "GPE")]),
+                 ("Please ask Tom Okafor in Lagos.", [(11, 21, "PERSON"), (25, 30, "GPE")]),
+                 ("The parcel for Lena Roth reached Berlin.", [(15, 24, "PERSON"), (33, 39, "GPE")])]
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ner")
+    samples = [SpacyExample.from_dict(nlp.make_doc(text), {"entities": spans}) for text, spans in sentences]
+    optimizer = nlp.initialize(lambda: samples)
+    for _ in range(40):  # a deliberately over-fitted NER model: enough to prove the wiring
+        nlp.update(samples, sgd=optimizer, drop=0.0)
+    nlp.to_disk(tmp_path / "ner")
+
+    rows = [example(sentences[0][0], "Noted, thanks.", 1)]
+    kept, report = scrub_examples(rows, PiiSettings(ner_model=str(tmp_path / "ner")))
+    assert kept[0].messages[0]["content"] == "<PERSON> moved to <LOCATION> last spring."
+    assert report.counts["PERSON"] >= 1 and report.counts["LOCATION"] >= 1  # the toy model may tag the reply too
+    assert report.params["entities"][-2:] == ["PERSON", "LOCATION"]
+    with pytest.raises(HoneError, match="ner_model"):
+        scrub_examples(rows, PiiSettings(ner_model="en_core_web_missing"))

@@ -18,6 +18,7 @@ import logging
 import re
 import sys
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 from hone.data.curate.steps import StepReport
 from hone.data.formats import Example
+from hone.errors import HoneError
 
 PATTERN_ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "US_SSN")
 NER_ENTITIES = ("PERSON", "LOCATION")
@@ -60,13 +62,18 @@ class PiiSettings(BaseModel):
 
 
 def installed_ner_model(setting: str | None) -> str | None:
-    """The spaCy NER model to use, or None for the blank (pattern-only) pipeline."""
+    """The spaCy NER model to use (package name or folder), or None for the blank pattern-only pipeline."""
     import spacy.util
 
     if setting is None:
         return None
-    candidates = NER_MODELS if setting == "auto" else (setting,)
-    return next((name for name in candidates if spacy.util.is_package(name)), None)
+    if setting == "auto":
+        return next((name for name in NER_MODELS if spacy.util.is_package(name)), None)
+    if spacy.util.is_package(setting) or Path(setting).is_dir():
+        return setting
+    raise HoneError(f"pii.ner_model {setting!r} is neither an installed spaCy package nor a model folder",
+                    hint="install the model's wheel (e.g. en_core_web_lg) or give the folder it was saved to; "
+                    "'auto' uses one when installed, null turns NER off")
 
 
 @lru_cache(maxsize=4)

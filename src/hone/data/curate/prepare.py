@@ -92,6 +92,13 @@ class PrepareConfig(Section):
     task: TaskSettings = TaskSettings()
     strict: bool = Field(False, description="Stop at the first broken input line instead of reporting it.")
 
+    @model_validator(mode="after")
+    def _labels_for_classification(self) -> PrepareConfig:
+        if self.task.type == "classification" and not self.split.stratify:
+            raise ValueError("task.type 'classification' is judged per class: set split.stratify to 'assistant' "
+                             "(the reply is the label) or 'assistant.FIELD' (a field of a JSON reply)")
+        return self
+
 
 def load_prepare_config(path: Path, overrides: dict[str, Any] | None = None) -> PrepareConfig:
     """Read a `hone data prepare` YAML; relative paths are taken relative to the file."""
