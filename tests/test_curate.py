@@ -255,10 +255,12 @@ def test_replay_from_a_file_and_from_the_base_model_itself(tmp_path, tiny_model_
     added, report = replay_examples(settings, train_count=36, model=str(tiny_model_dir), seed=1)
     # the random tiny model rarely stops on its own: cut-off answers are counted and left out
     assert report.params["target"] == 4
-    assert report.counts["added"] + report.counts.get("skipped_cut_off_or_empty", 0) == 4
-    assert report.counts["answers_generated"] == 4
+    assert report.counts["added"] + report.counts.get("short_of_target", 0) == 4
+    generated = report.counts["answers_generated"]
+    skipped = report.counts.get("skipped_cut_off_or_empty", 0)
+    assert 4 <= generated <= 8 and generated == report.counts["added"] + skipped
     _, again = replay_examples(settings, train_count=36, model=str(tiny_model_dir), seed=1)
-    assert again.counts["answers_cached"] == 4 and "answers_generated" not in again.counts
+    assert again.counts["answers_cached"] == generated and "answers_generated" not in again.counts
 
 
 def test_cli_prepare_writes_a_dataset_that_hone_train_accepts(tmp_path, tiny_model_dir):

@@ -102,20 +102,23 @@ def _generate(model: str, prompts: list[str], settings: ReplaySettings) -> dict[
 
 def _self_examples(count: int, model: str, seed: int, settings: ReplaySettings,
                    report: StepReport) -> list[Example]:
-    available = len(general_prompts())
-    if count > available:
-        report.count("short_of_target", count - available)
-    picked = _pick_prompts(min(count, available), seed)
-    answers = _answers(model, [r["prompt"] for r in picked], settings, report)
-    examples = []
-    for number, record in enumerate(picked, start=1):
-        answer = answers[record["prompt"]]
-        if not answer:
-            report.count("skipped_cut_off_or_empty")
-            continue
-        messages = [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": answer}]
-        examples.append(Example(messages=messages, source=f"replay:self:{record['category']}", line=number,
-                                format="replay"))
+    """Answers to `count` general prompts; a cut-off answer is replaced by the next prompt in the order,
+    trying at most twice as many prompts as needed."""
+    queue = _pick_prompts(min(2 * count, len(general_prompts())), seed)
+    examples: list[Example] = []
+    while len(examples) < count and queue:
+        batch, queue = queue[: count - len(examples)], queue[count - len(examples):]
+        answers = _answers(model, [r["prompt"] for r in batch], settings, report)
+        for record in batch:
+            answer = answers[record["prompt"]]
+            if not answer:
+                report.count("skipped_cut_off_or_empty")
+                continue
+            messages = [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": answer}]
+            examples.append(Example(messages=messages, source=f"replay:self:{record['category']}",
+                                    line=len(examples) + 1, format="replay"))
+    if len(examples) < count:
+        report.count("short_of_target", count - len(examples))
     return examples
 
 
