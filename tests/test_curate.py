@@ -70,6 +70,8 @@ def test_seeded_pii_of_every_type_never_appears_in_any_output_file(tmp_path):
                            f"Thanks for the quick help with ticket {index}!",
                            f"Done: the record for ticket {index} now uses {value}.")
     data = write_jsonl(tmp_path / "raw.jsonl", rows)
+    with data.open("a") as broken:  # a broken line whose error message quotes an email address
+        broken.write(json.dumps({"messages": [{"role": SEEDED_PII["EMAIL_ADDRESS"], "content": "hi"}]}) + "\n")
     config = PrepareConfig(inputs=[{"path": data}], out=tmp_path / "ds", dedup={"near": False})
 
     manifest = prepare(config)

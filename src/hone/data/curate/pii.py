@@ -17,6 +17,7 @@ import hashlib
 import logging
 import re
 import sys
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm import tqdm
 
 from hone.data.curate.steps import StepReport
-from hone.data.formats import Example
+from hone.data.formats import Example, Problem
 from hone.errors import HoneError
 
 PATTERN_ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "US_SSN")
@@ -170,3 +171,14 @@ def scrub_examples(examples: list[Example], settings: PiiSettings) -> tuple[list
         kept.append(Example(messages=messages, source=example.source, line=example.line, format=example.format))
     report.count("kept", len(kept))
     return kept, report
+
+
+def mask_problems(problems: list[Problem], settings: PiiSettings) -> list[Problem]:
+    """The problems with any PII in their messages masked by type (whatever the scrubbing mode)."""
+    scrubber = Scrubber(settings.model_copy(update={"mode": "mask"}))
+    masked = []
+    for problem in problems:
+        findings = scrubber.find(problem.message)
+        message = scrubber.replace(problem.message, findings) if findings else problem.message
+        masked.append(replace(problem, message=message))
+    return masked

@@ -22,7 +22,7 @@ from hone.data.curate.decontaminate import decontaminate
 from hone.data.curate.dedup import exact_dedup, near_dedup
 from hone.data.curate.documents import read_documents
 from hone.data.curate.filters import QualitySettings, quality_filter
-from hone.data.curate.pii import PiiSettings, scrub_examples
+from hone.data.curate.pii import PiiSettings, mask_problems, scrub_examples
 from hone.data.curate.readiness import readiness
 from hone.data.curate.replay import ReplaySettings, replay_examples
 from hone.data.curate.split import split_examples
@@ -199,6 +199,8 @@ def run_steps(config: PrepareConfig, examples: list[Example]) -> tuple[list[Exam
 def prepare(config: PrepareConfig, *, force: bool = False) -> dict:
     """Build the dataset version in `config.out`; returns its manifest (the dataset id is its content hash)."""
     examples, sources, problems = ingest(config)
+    if config.pii is not None:  # a broken line's message may quote a value; the report gets it masked
+        problems = mask_problems(problems, config.pii)
     ingested = len(examples)
     examples, reports = run_steps(config, examples)
     stratify = (lambda e: label_of(e, config.split.stratify)) if config.split.stratify else None
