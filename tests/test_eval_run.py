@@ -82,6 +82,12 @@ def test_evaluate_scores_base_and_finetuned_and_writes_both_reports(tiny_model_d
         base, tuned = saved["aggregates"]["base"][metric], saved["aggregates"]["finetuned"][metric]
         expected = None if base is None or tuned is None else round(tuned - base, 2)
         assert saved["deltas"][metric] == expected
+        interval = saved["significance"][metric]
+        assert (interval is None) == (expected is None)
+        if interval is not None:
+            assert interval["ci_low"] <= interval["delta"] <= interval["ci_high"]
+    assert "mcnemar" in saved["significance"]["exact_match"]  # right/wrong metric
+    assert "mcnemar" not in saved["significance"]["output_tokens"]
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     longest = max(len(tokenizer(chat[-1]["content"])["input_ids"]) for chat in TEST_CHATS)
@@ -91,6 +97,7 @@ def test_evaluate_scores_base_and_finetuned_and_writes_both_reports(tiny_model_d
 
     html = (tmp_path / "out" / "report.html").read_text()
     assert "<table>" in html and "<th>fine-tuned</th>" in html and "<th>delta</th>" in html
+    assert "<th>95% CI</th>" in html
     assert "refund &lt;b&gt;issued&lt;/b&gt; &amp; done" in html and "<b>issued</b>" not in html
     assert "http://" not in html and "https://" not in html  # self-contained
 
@@ -121,7 +128,7 @@ def test_cli_json_prints_exactly_one_object(tiny_run_dir, test_file, tmp_path):
                                       "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert set(payload) == {"aggregates", "deltas", "paths"}
+    assert set(payload) == {"aggregates", "deltas", "significance", "paths"}
     assert set(payload["aggregates"]) == {"base", "finetuned"}
     assert Path(payload["paths"]["html"]).is_file()
 

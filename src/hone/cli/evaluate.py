@@ -36,7 +36,7 @@ def evaluate(
     settings = load_eval_config(config, flags)
     report = run_eval(**settings.model_dump(), show_progress=not as_json)
     if as_json:
-        emit_json({key: report[key] for key in ("aggregates", "deltas", "paths")})
+        emit_json({key: report[key] for key in ("aggregates", "deltas", "significance", "paths")})
         return
     _print_table(report)
     console.print(f"report: {report['paths']['json']}")
@@ -50,3 +50,5 @@ def _print_table(report: dict) -> None:
     for label, cells in metric_rows(report):
         table.add_row(label, *cells)
     console.print(table)
+    if report["deltas"] is not None:
+        console.print("95% CI: paired bootstrap over the test examples; * = the interval excludes 0")

@@ -38,6 +38,13 @@ def format_delta(value: float | None) -> str:
     return "-" if value is None else f"{value:+.1f}"
 
 
+def format_interval(result: dict | None) -> str:
+    """'[+26.2, +48.8]' for a delta's confidence interval, with '*' when it excludes zero."""
+    if not result:
+        return "-"
+    return f"[{result['ci_low']:+.1f}, {result['ci_high']:+.1f}]" + (" *" if result["excludes_zero"] else "")
+
+
 def metric_rows(report: dict) -> list[tuple[str, list[str]]]:
     """(metric label, [base, fine-tuned?, delta?]) rows of the aggregates table, formatted for display."""
     rows = []
@@ -45,6 +52,7 @@ def metric_rows(report: dict) -> list[tuple[str, list[str]]]:
         cells = [format_value(report["aggregates"][key][metric]) for key in report["aggregates"]]
         if report["deltas"] is not None:
             cells.append(format_delta(report["deltas"][metric]))
+            cells.append(format_interval((report.get("significance") or {}).get(metric)))
         rows.append((METRIC_LABELS[metric], cells))
     return rows
 
@@ -52,7 +60,7 @@ def metric_rows(report: dict) -> list[tuple[str, list[str]]]:
 def table_header(report: dict) -> list[str]:
     """Column names of the aggregates table: metric, each evaluated model, and delta when there are two."""
     return ["metric", *(MODEL_LABELS[key] for key in report["aggregates"])] + (
-        ["delta"] if report["deltas"] is not None else [])
+        ["delta", "95% CI"] if report["deltas"] is not None else [])
 
 
 def _delta_class(metric: str, value: float | None) -> str:
@@ -67,7 +75,7 @@ def _metrics_table(report: dict) -> str:
     for metric, (label, cells) in zip(METRICS, metric_rows(report), strict=True):
         tds = [f"<td>{escape(cell)}</td>" for cell in cells]
         if report["deltas"] is not None:
-            tds[-1] = f'<td class="{_delta_class(metric, report["deltas"][metric])}">{escape(cells[-1])}</td>'
+            tds[-2] = f'<td class="{_delta_class(metric, report["deltas"][metric])}">{escape(cells[-2])}</td>'
         body.append(f"<tr><td>{escape(label)}</td>{''.join(tds)}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 

@@ -15,8 +15,9 @@ from hone.data.formats import load_chat_examples
 from hone.data.render import render_prompt
 from hone.errors import HoneError
 from hone.eval.generate import Generation, generate_replies
-from hone.eval.metrics import aggregate, deltas, score_reply
+from hone.eval.metrics import METRICS, PERCENT_METRICS, aggregate, deltas, score_reply
 from hone.eval.report import MODEL_LABELS, write_report
+from hone.eval.stats import is_binary, mcnemar, paired_bootstrap_ci
 from hone.models import fingerprint, frozen_dtype, load_model, load_tokenizer
 from hone.models.finetuned import adapter_fingerprint, attach_adapter, default_device, read_run_dir
 from hone.settings import read_yaml_mapping, resolve_relative, validate
@@ -175,6 +176,20 @@ def evaluate(base: str | None = None, adapter: Path | None = None, data: Path | 
     return report
 
 
+def significance(examples: list[dict]) -> dict[str, dict | None]:
+    """Per metric: the paired bootstrap 95% CI of fine-tuned minus base, and McNemar's test for
+    right/wrong metrics (every score 0 or 100)."""
+    result = {}
+    for name in METRICS:
+        pairs = [(e["outputs"]["base"]["scores"][name], e["outputs"]["finetuned"]["scores"][name]) for e in examples]
+        base, tuned = [b for b, _ in pairs], [t for _, t in pairs]
+        result[name] = paired_bootstrap_ci(base, tuned)
+        both = [(b, t) for b, t in pairs if b is not None and t is not None]
+        if result[name] and name in PERCENT_METRICS and is_binary([v for pair in both for v in pair]):
+            result[name]["mcnemar"] = mcnemar([b == 100 for b, _ in both], [t == 100 for _, t in both])
+    return result
+
+
 def _build_report(config: dict, models: dict, cases: list[EvalCase], outputs: dict[str, list[Generation]],
                   timings: dict) -> dict:
     examples = []
@@ -192,6 +207,7 @@ def _build_report(config: dict, models: dict, cases: list[EvalCase], outputs: di
         "models": models,
         "aggregates": aggregates,
         "deltas": deltas(aggregates["finetuned"], aggregates["base"]) if "finetuned" in aggregates else None,
+        "significance": significance(examples) if "finetuned" in aggregates else None,
         "timings": timings,
         "examples": examples,
     }
