@@ -2,6 +2,8 @@ import pytest
 
 from hone.eval.metrics import (
     aggregate,
+    bleu,
+    chrf,
     deltas,
     exact_match,
     json_fields,
@@ -48,6 +50,14 @@ def test_rouge_l_matches_hand_computed_value():
     assert rouge_l("completely different", "the cat sat") == 0.0
 
 
+def test_bleu_matches_hand_computed_value_and_chrf_bounds():
+    # n-gram precisions 5/6, 3/5, 1/4 and (no 4-gram match, exponential smoothing) 1/(2*3); equal lengths
+    expected = (5 / 6 * 3 / 5 * 1 / 4 * 1 / 6) ** 0.25
+    assert bleu("the cat sat on the mat", "the cat is on the mat") == pytest.approx(expected)
+    assert bleu("same words here", "same words here") == pytest.approx(1.0)
+    assert chrf("identical", "identical") == pytest.approx(1.0) and chrf("abc", "xyz") == 0.0
+
+
 def test_json_fields_counts_matching_fields_of_the_reference():
     reference = '{"category": "billing", "order_id": "ORD-1", "urgency": "high", "sentiment": null}'
     assert json_fields('{"category": "billing", "order_id": null, "urgency": "high", "sentiment": null}',
@@ -66,6 +76,7 @@ def test_json_valid_applies_only_to_json_references():
 def test_score_reply_reports_percentages_and_length():
     scores = score_reply("the cat sat", "a cat sat down", output_tokens=3)
     assert scores == {"exact_match": 0.0, "token_f1": 80.0, "rouge_l": pytest.approx(57.14, abs=0.01),
+                      "bleu": pytest.approx(39.43, abs=0.01), "chrf": pytest.approx(40.49, abs=0.01),
                       "json_valid": None, "json_fields": None, "output_tokens": 3}
 
 

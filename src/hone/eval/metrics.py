@@ -14,8 +14,8 @@ from functools import lru_cache
 from statistics import mean
 from typing import Any
 
-METRICS = ("exact_match", "token_f1", "rouge_l", "json_valid", "json_fields", "output_tokens")
-PERCENT_METRICS = ("exact_match", "token_f1", "rouge_l", "json_valid", "json_fields")
+METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "chrf", "json_valid", "json_fields", "output_tokens")
+PERCENT_METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "chrf", "json_valid", "json_fields")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
@@ -79,6 +79,20 @@ def rouge_l(prediction: str, reference: str) -> float:
     return _rouge_scorer().score(reference, prediction)["rougeL"].fmeasure
 
 
+def bleu(prediction: str, reference: str) -> float:
+    """Sentence-level BLEU (sacrebleu, exponential smoothing so short replies are not all zero), as 0-1."""
+    import sacrebleu
+
+    return sacrebleu.sentence_bleu(prediction, [reference]).score / 100
+
+
+def chrf(prediction: str, reference: str) -> float:
+    """chrF (sacrebleu): character n-gram F-score, robust to inflection and tokenization, as 0-1."""
+    import sacrebleu
+
+    return sacrebleu.sentence_chrf(prediction, [reference]).score / 100
+
+
 def json_valid(prediction: str, reference: str) -> float | None:
     """1.0 when the reply parses as a JSON object or array; None when the reference is not JSON itself."""
     if parse_json_document(reference) is None:
@@ -105,6 +119,8 @@ def score_reply(prediction: str, reference: str, output_tokens: int) -> dict[str
     fractions = {"exact_match": exact_match(prediction, reference),
                  "token_f1": token_f1(prediction, reference),
                  "rouge_l": rouge_l(prediction, reference),
+                 "bleu": bleu(prediction, reference),
+                 "chrf": chrf(prediction, reference),
                  "json_valid": json_valid(prediction, reference),
                  "json_fields": json_fields(prediction, reference)}
     scores: dict[str, Any] = {name: None if value is None else round(100 * value, 2)

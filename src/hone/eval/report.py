@@ -10,10 +10,11 @@ from hone.eval.metrics import METRICS, PERCENT_METRICS
 
 MODEL_LABELS = {"base": "base", "finetuned": "fine-tuned"}
 METRIC_LABELS = {"exact_match": "exact match %", "token_f1": "token F1 %", "rouge_l": "ROUGE-L F %",
+                 "bleu": "BLEU", "chrf": "chrF",
                  "json_valid": "valid JSON %", "json_fields": "JSON fields correct %",
                  "output_tokens": "output tokens (mean)"}
-SHORT_LABELS = {"exact_match": "EM", "token_f1": "F1", "rouge_l": "ROUGE-L", "json_valid": "valid JSON",
-                "json_fields": "fields", "output_tokens": "tokens"}
+SHORT_LABELS = {"exact_match": "EM", "token_f1": "F1", "rouge_l": "ROUGE-L", "bleu": "BLEU", "chrf": "chrF",
+                "json_valid": "valid JSON", "json_fields": "fields", "output_tokens": "tokens"}
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
