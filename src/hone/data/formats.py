@@ -90,7 +90,6 @@ class Dataset(HasProblems):
     blank_lines: int
 
 
-
 @dataclass
 class _Line:
     """The problems found on one line; the line's example is kept only when none is an error."""

@@ -13,7 +13,6 @@ import re
 import sys
 import zlib
 
-import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 from tqdm import tqdm
 
@@ -109,14 +108,14 @@ def near_dedup(examples: list[Example], threshold: float = 0.8, shingle_words: i
         if match is None:
             lsh.insert(index, signature, check_duplication=False)
             signatures[index] = signature
-            kept.append((index, example))
+            kept.append(example)
             continue
         original = examples[match]
         report.remove(example, "near_duplicate", f"~{similarity:.2f} similar to {original.source}:{original.line}")
         clusters.add(original, example, similarity=round(similarity, 3))
     report.count("kept", len(kept))
     report.extra = clusters.summary()
-    return [example for _, example in kept], report
+    return kept, report
 
 
 def _best_match(lsh: MinHashLSH, signatures: dict[int, LeanMinHash], signature: LeanMinHash,
@@ -124,7 +123,7 @@ def _best_match(lsh: MinHashLSH, signatures: dict[int, LeanMinHash], signature: 
     """The most similar kept example among the LSH candidates whose estimate reaches the threshold."""
     best, best_similarity = None, 0.0
     for candidate in lsh.query(signature):
-        similarity = float(np.mean(signatures[candidate].hashvalues == signature.hashvalues))
+        similarity = signatures[candidate].jaccard(signature)
         if similarity >= threshold and (similarity > best_similarity or
                                         (similarity == best_similarity and candidate < best)):
             best, best_similarity = candidate, similarity

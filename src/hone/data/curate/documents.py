@@ -41,6 +41,11 @@ def _paragraphs(text: str) -> list[tuple[int, str]]:
     return found
 
 
+def document_files(folder: Path) -> list[Path]:
+    """The .txt/.md files under `folder`, in a stable order."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in DOCUMENT_SUFFIXES and p.is_file())
+
+
 def read_documents(folder: Path, words_per_chunk: int = 300) -> tuple[list[Example], list[Problem]]:
     """Every .txt/.md file under `folder`, split into chunks the model learns to produce as text.
 
@@ -48,7 +53,7 @@ def read_documents(folder: Path, words_per_chunk: int = 300) -> tuple[list[Examp
     turn, so the chat template applies as for any example and every token of the chunk is trained.
     """
     examples, problems = [], []
-    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in DOCUMENT_SUFFIXES and p.is_file()):
+    for path in document_files(folder):
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as error:

@@ -119,6 +119,7 @@ class Scrubber:
         self.entities = list(settings.entities or default)
         self.patterns_only = not (set(self.entities) - set(PATTERN_ENTITIES))
         self.analyzer = analyzer(self.ner_model)
+        self.operators = self._operators()
 
     def find(self, text: str) -> list:
         """Non-overlapping findings; where two overlap (an SSN also reads as a phone number), the surer wins."""
@@ -134,13 +135,16 @@ class Scrubber:
                 chosen.append(finding)
         return sorted(chosen, key=lambda f: f.start)
 
-    def replace(self, text: str, findings: list) -> str:
+    def _operators(self) -> dict:
+        """Presidio operators per entity type: its placeholder, or its placeholder with a salted hash."""
         from presidio_anonymizer.entities import OperatorConfig
 
-        operators = {kind: OperatorConfig("replace", {"new_value": f"<{kind}>"}) for kind in self.entities}
         if self.settings.mode == "hash":
-            operators = {kind: OperatorConfig("custom", {"lambda": self._hasher(kind)}) for kind in self.entities}
-        return anonymizer().anonymize(text=text, analyzer_results=findings, operators=operators).text
+            return {kind: OperatorConfig("custom", {"lambda": self._hasher(kind)}) for kind in self.entities}
+        return {kind: OperatorConfig("replace", {"new_value": f"<{kind}>"}) for kind in self.entities}
+
+    def replace(self, text: str, findings: list) -> str:
+        return anonymizer().anonymize(text=text, analyzer_results=findings, operators=self.operators).text
 
     def _hasher(self, kind: str):
         salt = self.settings.salt.encode()

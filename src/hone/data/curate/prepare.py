@@ -20,7 +20,7 @@ import hone
 from hone.data.curate.clean import CleanSettings, clean_examples
 from hone.data.curate.decontaminate import decontaminate
 from hone.data.curate.dedup import exact_dedup, near_dedup
-from hone.data.curate.documents import read_documents
+from hone.data.curate.documents import document_files, read_documents
 from hone.data.curate.filters import QualitySettings, quality_filter
 from hone.data.curate.pii import PiiSettings, mask_problems, scrub_examples
 from hone.data.curate.readiness import readiness
@@ -29,6 +29,7 @@ from hone.data.curate.split import split_examples
 from hone.data.curate.steps import StepReport
 from hone.data.formats import Example, Problem, load_chat_examples, read_dataset
 from hone.errors import HoneError
+from hone.models.loading import sha256_file
 from hone.settings import read_yaml_mapping, resolve_relative, validate
 
 SPLITS = ("train", "val", "test")
@@ -122,16 +123,15 @@ def ingest(config: PrepareConfig) -> tuple[list[Example], list[dict], list[Probl
     for spec in config.inputs:
         if spec.path.is_dir():
             found, issues = read_documents(spec.path, spec.words_per_chunk)
-            files = sorted(p for p in spec.path.rglob("*") if p.is_file() and p.suffix.lower() in (".txt", ".md"))
             record = {"path": str(spec.path), "format": "documents", "examples": len(found),
-                      "files": {str(p.relative_to(spec.path)): sha256_bytes(p.read_bytes()) for p in files}}
+                      "files": {str(p.relative_to(spec.path)): sha256_file(p) for p in document_files(spec.path)}}
         else:
             dataset = read_dataset(spec.path, spec.columns)
             if dataset.format == "dpo":
                 raise HoneError(f"{spec.path}: preference pairs (DPO) are not curated by `hone data prepare` yet",
                                 hint="prepare chat, prompt/completion, alpaca, sharegpt or CSV data")
-            found, issues = list(dataset.examples), [p for p in dataset.problems]
-            record = {"path": str(spec.path), "format": dataset.format, "sha256": sha256_bytes(spec.path.read_bytes()),
+            found, issues = list(dataset.examples), list(dataset.problems)
+            record = {"path": str(spec.path), "format": dataset.format, "sha256": sha256_file(spec.path),
                       "lines_read": dataset.lines_read, "examples": len(found)}
         errors = [p for p in issues if p.severity == "error"]
         if config.strict and errors:
