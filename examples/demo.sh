@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The quickstart: check the data, fine-tune SmolLM2-135M-Instruct with LoRA, compare base vs fine-tuned.
+# The quickstart: check the data, fine-tune SmolLM2-135M-Instruct with LoRA, prove whether it was worth it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=examples/support_tickets
@@ -15,8 +15,8 @@ TRAIN_LOG=$(mktemp)
 hone train "$DATA/demo.yaml" | tee "$TRAIN_LOG"
 RUN_DIR=$(tail -n 1 "$TRAIN_LOG")
 
-echo "== 4/4 evaluate base vs fine-tuned on the held-out test set"
-hone eval --adapter "$RUN_DIR" --data "$DATA/test.jsonl" --out "$RUN_DIR/eval" --batch-size 40
+echo "== 4/4 is it worth it? base, 3-shot, RAG, fine-tuned and fine-tuned + RAG on the held-out test set"
+hone eval "$DATA/eval.yaml" --adapter "$RUN_DIR" --out "$RUN_DIR/eval"
 
 echo
 echo "adapter: $RUN_DIR/adapter (PEFT format)"

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -51,3 +56,34 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def isolated_hone_home(tmp_path, monkeypatch):
     """Every test gets its own HONE_HOME unless it uses the shared real-model cache."""
     monkeypatch.setenv("HONE_HOME", str(tmp_path / "hone-home"))
+
+
+def _wait_until_listening(port: int, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"test server did not start on port {port}")
+
+
+@contextmanager
+def serve_app(app) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on a free 127.0.0.1 port in a background thread; yields its /v1 URL."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    _wait_until_listening(port)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
+        sock.close()

@@ -35,7 +35,7 @@ def test_cli_lists_the_bundled_model(shared_model_cache):
 def test_train_then_evaluate_on_the_real_model(tmp_path, shared_model_cache):
     from peft import PeftModel
 
-    from hone.eval import evaluate
+    from hone.eval import evaluate, load_eval_config
     from hone.models import load_model
     from hone.train.config import load_config
     from hone.train.run import train
@@ -52,9 +52,14 @@ def test_train_then_evaluate_on_the_real_model(tmp_path, shared_model_cache):
     assert summary["base_model_fingerprint"] and summary["dataset_fingerprint"]
     PeftModel.from_pretrained(load_model(MODEL), str(run_dir / "adapter"))
 
-    report = evaluate(adapter=run_dir, data=DATA / "test.jsonl", out=tmp_path / "eval", limit=4,
-                      max_new_tokens=48, show_progress=False)
-    assert set(report["aggregates"]) == {"base", "finetuned"}
-    assert {"exact_match", "token_f1", "rouge_l", "json_valid"} <= set(report["deltas"])
-    assert all(len(e["outputs"]) == 2 for e in report["examples"])
+    settings = load_eval_config(DATA / "eval.yaml", {"adapter": run_dir, "out": tmp_path / "eval", "limit": 4,
+                                                     "max_new_tokens": 48})
+    settings.forgetting.limit = 6
+    report = evaluate(settings, show_progress=False)
+    names = ["base", "3-shot", "rag", "fine-tuned", "fine-tuned+rag"]
+    assert list(report["aggregates"]) == names
+    assert all(report["comparisons"][n]["json_fields"] is not None for n in names[1:])
+    assert report["classification"]["fine-tuned"]["confusion"] and report["forgetting"]["probes"] == 6
+    assert report["timings"]["rag"]["prompt_tokens_mean"] > report["timings"]["base"]["prompt_tokens_mean"]
+    assert report["verdict"]["primary_metric"] == "json_fields"
     assert Path(report["paths"]["html"]).is_file()

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -63,52 +64,61 @@ def test_file(tmp_path) -> Path:
 def test_evaluate_scores_base_and_finetuned_and_writes_both_reports(tiny_model_dir, tiny_run_dir, test_file,
                                                                     tmp_path):
     report = evaluate(adapter=tiny_run_dir, data=test_file, out=tmp_path / "out", batch_size=4,
-                      show_progress=False)
+                      forgetting={"limit": 12, "max_new_tokens": 8}, show_progress=False)
 
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["aggregates"] == report["aggregates"]
-    assert set(saved["aggregates"]) == {"base", "finetuned"}
+    assert set(saved["aggregates"]) == {"base", "fine-tuned"} and saved["baseline"] == "base"
     assert saved["config"]["base"] == str(tiny_model_dir)  # read from the run's config.yaml
-    assert saved["models"]["finetuned"]["adapter_fingerprint"] and saved["models"]["base"]["fingerprint"]
+    assert saved["models"]["fine-tuned"]["adapter_fingerprint"] and saved["models"]["base"]["fingerprint"]
     assert len(saved["examples"]) == 6
     first = saved["examples"][0]
     assert first["reference"] == '{"name": "value", "id": 123}'
     assert first["prompt"][-1] == {"role": "user", "content": "name of order 123?"}
     assert first["outputs"]["base"]["scores"]["json_valid"] is not None  # JSON reference: validity applies
     assert saved["examples"][1]["outputs"]["base"]["scores"]["json_valid"] is None
-    texts = [(e["outputs"]["base"]["text"], e["outputs"]["finetuned"]["text"]) for e in saved["examples"]]
+    assert all(e["outputs"][n]["scores"]["perplexity"] > 1 for e in saved["examples"] for n in ("base", "fine-tuned"))
+    texts = [(e["outputs"]["base"]["text"], e["outputs"]["fine-tuned"]["text"]) for e in saved["examples"]]
     assert any(base != tuned for base, tuned in texts), "the adapter must change the replies"
+    comparison = saved["comparisons"]["fine-tuned"]
     for metric in METRICS:
-        base, tuned = saved["aggregates"]["base"][metric], saved["aggregates"]["finetuned"][metric]
-        expected = None if base is None or tuned is None else round(tuned - base, 2)
-        assert saved["deltas"][metric] == expected
-        interval = saved["significance"][metric]
-        assert (interval is None) == (expected is None)
+        base, tuned = saved["aggregates"]["base"][metric], saved["aggregates"]["fine-tuned"][metric]
+        interval = comparison[metric]
+        assert (interval is None) == (base is None or tuned is None), metric
         if interval is not None:
             assert interval["ci_low"] <= interval["delta"] <= interval["ci_high"]
-    assert "mcnemar" in saved["significance"]["exact_match"]  # right/wrong metric
-    assert "mcnemar" not in saved["significance"]["output_tokens"]
+            if metric != "latency_s":  # batch wall times, rounded per example
+                assert interval["delta"] == pytest.approx(tuned - base, abs=0.02), metric
+    assert "mcnemar" in comparison["exact_match"]  # right/wrong metric
+    assert "mcnemar" not in comparison["output_tokens"]
+
+    forgetting = saved["forgetting"]
+    assert forgetting["probes"] == 12 and set(forgetting["models"]) == {"base", "fine-tuned"}
+    assert forgetting["models"]["base"]["text_perplexity"] > 1 and forgetting["changes"]["fine-tuned"]["token_f1"]
+    assert saved["verdict"]["decision"] in {"SHIP", "NOT WORTH IT", "REGRESSION"}
+    assert saved["verdict"]["candidate"] == "fine-tuned" and saved["verdict"]["reasons"]
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     longest = max(len(tokenizer(chat[-1]["content"])["input_ids"]) for chat in TEST_CHATS)
     assert saved["config"]["max_new_tokens"] == math.ceil(1.5 * longest)
     assert all(e["outputs"][key]["tokens"] <= saved["config"]["max_new_tokens"]
-               for e in saved["examples"] for key in ("base", "finetuned"))
+               for e in saved["examples"] for key in ("base", "fine-tuned"))
 
     html = (tmp_path / "out" / "report.html").read_text()
-    assert "<table>" in html and "<th>fine-tuned</th>" in html and "<th>delta</th>" in html
-    assert "<th>95% CI</th>" in html
+    assert "<table>" in html and "<th>fine-tuned</th>" in html and "<th>change vs base (95% CI)</th>" in html
+    assert "Verdict: " in html and "<svg" in html and "Forgetting" in html
     assert "refund &lt;b&gt;issued&lt;/b&gt; &amp; done" in html and "<b>issued</b>" not in html
-    assert "http://" not in html and "https://" not in html  # self-contained
+    assert not re.search(r"(src|href)=\"?https?:|<link|<script|url\(https?:", html)  # self-contained
 
 
 def test_evaluate_without_adapter_scores_only_the_base(tiny_model_dir, test_file, tmp_path):
     report = evaluate(base=str(tiny_model_dir), data=test_file, out=tmp_path / "out", limit=2,
                       max_new_tokens=4, show_progress=False)
     assert set(report["aggregates"]) == {"base"}
-    assert report["deltas"] is None
+    assert report["comparisons"] == {} and report["forgetting"] is None
+    assert report["verdict"]["decision"] == "INCOMPLETE"
     assert [e["index"] for e in report["examples"]] == [0, 1]
-    assert "<th>delta</th>" not in (tmp_path / "out" / "report.html").read_text()
+    assert "change vs base" not in (tmp_path / "out" / "report.html").read_text()
 
 
 def test_batched_generation_matches_one_at_a_time_in_input_order(tiny_model_dir):
@@ -125,24 +135,26 @@ def test_batched_generation_matches_one_at_a_time_in_input_order(tiny_model_dir)
 def test_cli_json_prints_exactly_one_object(tiny_run_dir, test_file, tmp_path):
     result = CliRunner().invoke(app, ["eval", "--adapter", str(tiny_run_dir), "--data", str(test_file),
                                       "--out", str(tmp_path / "out"), "--limit", "3", "--max-new-tokens", "4",
-                                      "--json"])
+                                      "--no-forgetting", "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert set(payload) == {"aggregates", "deltas", "significance", "paths"}
-    assert set(payload["aggregates"]) == {"base", "finetuned"}
+    assert {"verdict", "aggregates", "comparisons", "forgetting", "judge", "warnings", "paths"} <= set(payload)
+    assert set(payload["aggregates"]) == {"base", "fine-tuned"}
+    assert payload["forgetting"] is None
     assert Path(payload["paths"]["html"]).is_file()
 
 
 def test_cli_config_file_values_are_overridden_by_flags(tiny_run_dir, test_file, tmp_path):
     config = tmp_path / "eval.yaml"
     config.write_text(f"adapter: {tiny_run_dir}\ndata: {test_file.name}\nout: {tmp_path / 'out'}\n"
-                      "limit: 4\nmax_new_tokens: 3\n")
+                      "limit: 4\nmax_new_tokens: 3\nforgetting:\n  limit: 6\n")
     result = CliRunner().invoke(app, ["eval", str(config), "--limit", "1"])
     assert result.exit_code == 0, result.output
     assert "fine-tuned" in result.stdout and "report.html" in result.stdout
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["config"]["limit"] == 1 and len(saved["examples"]) == 1
     assert saved["config"]["max_new_tokens"] == 3
+    assert saved["forgetting"]["probes"] == 6
     assert saved["config"]["data"] == str(test_file)  # resolved next to the config file
 
 
@@ -159,7 +171,7 @@ def test_config_typo_is_reported_with_a_suggestion(tmp_path):
 
 def test_test_conversation_needs_a_prompt_before_the_reference(tiny_model_dir, tmp_path):
     data = write_chats(tmp_path / "bad.jsonl", [TEST_CHATS[1], [{"role": "assistant", "content": "orphan"}]])
-    with pytest.raises(HoneError, match=r"bad\.jsonl:2: the conversation has only the assistant reply"):
+    with pytest.raises(HoneError, match=r"bad\.jsonl:2: the test file's conversation needs a prompt"):
         evaluate(base=str(tiny_model_dir), data=data, out=tmp_path / "out", show_progress=False)
 
 
@@ -177,3 +189,15 @@ def test_run_dir_without_adapter_is_a_clear_error(tiny_model_dir, test_file, tmp
     with pytest.raises(HoneError, match="has no usable adapter") as error:
         evaluate(adapter=run, data=test_file, out=tmp_path / "out", show_progress=False)
     assert f"hone train --resume {run}" in str(error.value)
+
+
+def test_base_replies_do_not_depend_on_the_adapters_evaluated_with_it(tiny_model_dir, tiny_run_dir, test_file,
+                                                                       tmp_path):
+    alone = evaluate(base=str(tiny_model_dir), data=test_file, out=tmp_path / "alone", max_new_tokens=6,
+                     forgetting={"enabled": False}, show_progress=False)
+    listed_after = evaluate(base=str(tiny_model_dir), data=test_file, out=tmp_path / "mixed", max_new_tokens=6,
+                            candidates=[{"name": "fine-tuned", "adapter": tiny_run_dir}, {"name": "base"}],
+                            forgetting={"limit": 6, "max_new_tokens": 4}, show_progress=False)
+    texts = [[e["outputs"]["base"]["text"] for e in report["examples"]] for report in (alone, listed_after)]
+    assert texts[0] == texts[1]
+    assert list(listed_after["aggregates"]) == ["fine-tuned", "base"]  # config order kept in the report

@@ -65,6 +65,17 @@ def test_bad_value_names_the_setting(tmp_path, tiny_model_dir):
         parse_config({"base_model": "x"})
 
 
+def test_early_stopping_needs_an_eval_set_which_a_dataset_folder_brings(tmp_path):
+    folder = tmp_path / "configs" / "dataset"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text("{}")
+    config = tmp_path / "configs" / "train.yaml"
+    config.write_text("data:\n  train: dataset\ntraining:\n  early_stopping_patience: 2\n")
+    assert load_config(config).data.train == folder.resolve()  # relative to the config, before validation
+    with pytest.raises(HoneError, match="early_stopping_patience needs data.eval"):
+        load_config(config, ["data.train=plain.jsonl"])
+
+
 def test_batches_are_grouped_by_length_and_deterministic():
     lengths = [5, 100, 6, 98, 7, 97, 8, 99] * 4
     first = epoch_batches(lengths, 4, seed=1, epoch=0, group_by_length=True)

@@ -6,6 +6,7 @@ Unknown keys are rejected with a "did you mean ..." suggestion instead of being 
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -87,3 +88,13 @@ def resolve_relative(path: Path | None, settings_file: Path) -> Path | None:
     if path is None or path.is_absolute() or path.exists():
         return path
     return (settings_file.parent / path).resolve()
+
+
+def check_regexes(patterns: list[str]) -> list[str]:
+    """`patterns` unchanged when each compiles; else a ValueError naming the first that does not."""
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"regex {pattern!r} does not compile: {error}") from None
+    return patterns

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from hone.cli import chat, data, evaluate, models, train
+from hone.cli import advise, chat, data, evaluate, models, train
 from hone.errors import HoneError
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app.add_typer(data.app, name="data")
 app.command("train")(train.train)
 app.command("eval")(evaluate.evaluate)
 app.command("chat")(chat.chat)
+app.command("advise")(advise.advise)
 
 
 def main() -> None:

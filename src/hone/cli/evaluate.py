@@ -1,4 +1,4 @@
-"""`hone eval [CONFIG.yaml] --base NAME --adapter RUN_DIR --data TEST.jsonl --out DIR`."""
+"""`hone eval [CONFIG.yaml] [--base NAME --adapter RUN_DIR --data TEST.jsonl --out DIR]`."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import typer
 from rich.table import Table
 
 from hone.cli.output import console, emit_json
+from hone.cli.output import errors as stderr
+
+JSON_KEYS = ("verdict", "aggregates", "comparisons", "classification", "warnings", "paths")
 
 
 def evaluate(
     config: Annotated[Path | None, typer.Argument(
-        help="Eval YAML with keys base, adapter, data, out, limit, batch_size, max_new_tokens; "
-        "flags override it."
+        help="Eval YAML: data, candidates, metrics, judge, forgetting, verdict (see README); flags override it."
     )] = None,
     base: Annotated[str | None, typer.Option(help="Base model (default: the adapter run's base).")] = None,
     adapter: Annotated[Path | None, typer.Option(help="Run directory of `hone train` to test.")] = None,
@@ -25,30 +27,65 @@ def evaluate(
     batch_size: Annotated[int | None, typer.Option(help="Prompts generated together (default: 16).")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(
         help="Reply length cap (default: 1.5x the longest reference, at most 256).")] = None,
+    forgetting: Annotated[bool | None, typer.Option(
+        "--forgetting/--no-forgetting", help="Score the general probe set for forgetting (default: on).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Compare the base model with the fine-tuned one on a test set: metrics, deltas and an HTML report."""
+    """Compare candidates on a test set: metrics with 95% CIs, judge, forgetting, a verdict, and reports."""
     from hone.eval import evaluate as run_eval
     from hone.eval import load_eval_config
 
     flags = {"base": base, "adapter": adapter, "data": data, "out": out, "limit": limit,
              "batch_size": batch_size, "max_new_tokens": max_new_tokens}
     settings = load_eval_config(config, flags)
-    report = run_eval(**settings.model_dump(), show_progress=not as_json)
+    if forgetting is not None:
+        settings.forgetting.enabled = forgetting
+    report = run_eval(settings, show_progress=not as_json)
     if as_json:
-        emit_json({key: report[key] for key in ("aggregates", "deltas", "significance", "paths")})
+        emit_json({key: report[key] for key in JSON_KEYS}
+                  | {"forgetting": _without_examples(report["forgetting"]), "judge": _judge_summary(report["judge"])})
         return
-    _print_table(report)
+    print_report(report)
+
+
+def _without_examples(section: dict | None) -> dict | None:
+    return None if section is None else {k: v for k, v in section.items() if k != "examples"}
+
+
+def _judge_summary(judge: dict | None) -> dict | None:
+    """The judge's figures without the per-example lists (those are in report.json)."""
+    if judge is None:
+        return None
+    strip = ("scores", "outcomes", "failures")
+    return judge | {part: {name: {k: v for k, v in figures.items() if k not in strip}
+                           for name, figures in (judge.get(part) or {}).items()} for part in ("rubric", "pairwise")}
+
+
+def print_report(report: dict) -> None:
+    """The metrics and change tables, warnings, verdict and report paths, for a terminal."""
+    from hone.eval.report import delta_rows, format_value, value_rows
+
+    for build, title in ((value_rows, f"{report['config']['examples']} examples"), (delta_rows, None)):
+        if build is delta_rows and not report["comparisons"]:
+            continue
+        header, rows = build(report)
+        table = Table(*header, title=title)
+        for label, cells in rows:
+            table.add_row(label, *cells)
+        console.print(table)
+    if report["comparisons"]:
+        console.print("95% CI: paired bootstrap over the test examples; * = the interval excludes 0")
+    cost = Table("cost per request", "prompt tokens", "latency s", "throughput tokens/s")
+    for name in report["aggregates"]:
+        timing = report["timings"][name]
+        cost.add_row(name, *(format_value(timing[k]) for k in ("prompt_tokens_mean", "latency_s_mean",
+                                                               "tokens_per_s")))
+    console.print(cost)
+    for warning in report["warnings"]:
+        stderr.print(f"warning: {warning}")
+    verdict = report["verdict"]
+    console.print(f"verdict: {verdict['decision']}: " + "; ".join(verdict["reasons"]))
+    for note in verdict["notes"]:
+        console.print(f"  note: {note}")
     console.print(f"report: {report['paths']['json']}")
     console.print(f"html:   {report['paths']['html']}")
-
-
-def _print_table(report: dict) -> None:
-    from hone.eval.report import metric_rows, table_header
-
-    table = Table(*table_header(report), title=f"{report['config']['examples']} examples")
-    for label, cells in metric_rows(report):
-        table.add_row(label, *cells)
-    console.print(table)
-    if report["deltas"] is not None:
-        console.print("95% CI: paired bootstrap over the test examples; * = the interval excludes 0")

@@ -1,21 +1,45 @@
 """Scores for one model reply against its reference, and their aggregates over a test set.
 
 Each metric is a small pure function returning a fraction in [0, 1] (or None when it does not apply).
-`score_reply` turns them into percentages so per-example scores and aggregates share one scale.
+A `Scorer`, built from the eval config, turns them into percentages so per-example scores and
+aggregates share one scale, and adds the configured checks (labels, JSON Schema, style, readability).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import string
 from collections import Counter
 from functools import lru_cache
+from pathlib import Path
 from statistics import mean
 from typing import Any
 
-METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "chrf", "json_valid", "json_fields", "output_tokens")
-PERCENT_METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "chrf", "json_valid", "json_fields")
+from hone.errors import HoneError
+
+# name: (label in tables, short label, +1 higher is better / -1 lower is better / 0 neither)
+METRIC_INFO = {
+    "exact_match": ("exact match %", "EM", 1),
+    "token_f1": ("token F1 %", "F1", 1),
+    "rouge_l": ("ROUGE-L F %", "ROUGE-L", 1),
+    "bleu": ("BLEU", "BLEU", 1),
+    "chrf": ("chrF", "chrF", 1),
+    "accuracy": ("label accuracy %", "label", 1),
+    "json_valid": ("valid JSON %", "JSON", 1),
+    "json_schema": ("matches JSON Schema %", "schema", 1),
+    "json_fields": ("JSON fields correct %", "fields", 1),
+    "style_pass": ("follows style rules %", "style", 1),
+    "judge_score": ("judge score (1-5)", "judge", 1),
+    "readability_grade": ("reading grade (Flesch-Kincaid)", "grade", 0),
+    "perplexity": ("reference perplexity", "ppl", -1),
+    "output_tokens": ("output tokens (mean)", "tokens", 0),
+    "latency_s": ("latency s (mean)", "s", -1),
+}
+METRICS = tuple(METRIC_INFO)
+# Right/wrong metrics: each score is 0 or 100, so McNemar's test applies.
+BINARY_METRICS = ("exact_match", "accuracy", "json_valid", "json_schema", "style_pass")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
@@ -34,15 +58,26 @@ def parse_json_document(text: str) -> dict | list | None:
     return value if isinstance(value, dict | list) else None
 
 
-def exact_match(prediction: str, reference: str) -> float:
-    """1.0 when the reply equals the reference after whitespace normalisation, else 0.0.
+def normalize_for_match(text: str, ignore: tuple[str, ...] = ("whitespace",)) -> str:
+    """The text with what exact match ignores taken out: whitespace runs, case, punctuation, articles."""
+    if "case" in ignore:
+        text = text.lower()
+    if "punctuation" in ignore:
+        text = text.translate(_PUNCTUATION)
+    if "articles" in ignore:
+        text = re.sub(r"\b(a|an|the)\b", " ", text, flags=re.IGNORECASE)
+    return normalize_whitespace(text) if {"whitespace", "articles"} & set(ignore) else text.strip()
+
+
+def exact_match(prediction: str, reference: str, ignore: tuple[str, ...] = ("whitespace",)) -> float:
+    """1.0 when the reply equals the reference once the `ignore` normalisations are applied, else 0.0.
 
     A JSON reference is compared as parsed JSON, so key spacing and line breaks do not matter.
     """
     expected = parse_json_document(reference)
     if expected is not None:
         return float(parse_json_document(prediction) == expected)
-    return float(normalize_whitespace(prediction) == normalize_whitespace(reference))
+    return float(normalize_for_match(prediction, ignore) == normalize_for_match(reference, ignore))
 
 
 def normalize_answer(text: str) -> str:
@@ -114,31 +149,140 @@ def json_fields(prediction: str, reference: str) -> float | None:
     return sum(key in predicted and predicted[key] == value for key, value in expected.items()) / len(expected)
 
 
-def score_reply(prediction: str, reference: str, output_tokens: int) -> dict[str, float | int | None]:
-    """Every metric for one reply: the fraction metrics in percent (0-100), plus its length in tokens."""
-    fractions = {"exact_match": exact_match(prediction, reference),
-                 "token_f1": token_f1(prediction, reference),
-                 "rouge_l": rouge_l(prediction, reference),
-                 "bleu": bleu(prediction, reference),
-                 "chrf": chrf(prediction, reference),
-                 "json_valid": json_valid(prediction, reference),
-                 "json_fields": json_fields(prediction, reference)}
-    scores: dict[str, Any] = {name: None if value is None else round(100 * value, 2)
-                              for name, value in fractions.items()}
-    scores["output_tokens"] = output_tokens
-    return scores
+def find_label(text: str, labels: list[str], field: str | None = None) -> str | None:
+    """The label a reply gives: the JSON `field` when set, else the whole reply when it is a label, else the
+    label that appears first as a whole word (case-insensitive). None when no label is found."""
+    if field is not None:
+        parsed = parse_json_document(text)
+        value = parsed.get(field) if isinstance(parsed, dict) else None
+        text = value if isinstance(value, str) else ""
+    by_key = {normalize_answer(label): label for label in labels}
+    whole = normalize_answer(text)
+    if whole in by_key:
+        return by_key[whole]
+    found = []
+    for label in labels:
+        match = re.search(rf"(?<!\w){re.escape(label)}(?!\w)", text, flags=re.IGNORECASE)
+        if match:
+            found.append((match.start(), -len(label), label))  # earliest, then longest ("high" vs "highest")
+    return min(found)[2] if found else None
+
+
+def classification_summary(predicted: list[str | None], expected: list[str | None], labels: list[str]) -> dict:
+    """Accuracy, macro-F1 over the label set and the confusion matrix (rows: reference label; columns:
+    predicted label, then "(none)" for replies without a label). Examples whose reference has no label
+    are left out and counted."""
+    pairs = [(p, e) for p, e in zip(predicted, expected, strict=True) if e is not None]
+    columns = [*labels, None]
+    matrix = [[sum(1 for p, e in pairs if e == row and p == col) for col in columns] for row in labels]
+    f1s = []
+    for i in range(len(labels)):
+        true_pos = matrix[i][i]
+        predicted_as = sum(row[i] for row in matrix)
+        actual = sum(matrix[i])
+        precision = true_pos / predicted_as if predicted_as else 0.0
+        recall = true_pos / actual if actual else 0.0
+        f1s.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    correct = sum(1 for p, e in pairs if p == e)
+    return {"labels": labels, "examples": len(pairs),
+            "accuracy": round(100 * correct / len(pairs), 2) if pairs else None,
+            "macro_f1": round(100 * sum(f1s) / len(f1s), 2) if pairs else None,
+            "per_label_f1": {label: round(100 * f1, 2) for label, f1 in zip(labels, f1s, strict=True)},
+            "confusion": matrix, "unlabelled_replies": sum(1 for p, _ in pairs if p is None),
+            "unlabelled_references": len(expected) - len(pairs)}
+
+
+def json_schema_valid(prediction: str, validator) -> float:
+    """1.0 when the reply is JSON that satisfies the schema of `validator` (a jsonschema validator)."""
+    try:
+        value = json.loads(prediction)
+    except (json.JSONDecodeError, RecursionError):
+        return 0.0
+    return float(validator.is_valid(value))
+
+
+def style_violations(prediction: str, rules) -> list[str]:
+    """The style rules (a StyleRules config) the reply breaks, each named as in the config."""
+    broken = []
+    if rules.max_chars is not None and len(prediction) > rules.max_chars:
+        broken.append(f"max_chars {rules.max_chars}")
+    broken += [f"must_match {p!r}" for p in rules.must_match if not re.search(p, prediction)]
+    broken += [f"must_not_match {p!r}" for p in rules.must_not_match if re.search(p, prediction)]
+    return broken
+
+
+def reading_grade(text: str) -> float | None:
+    """Flesch-Kincaid grade level (textstat) of prose; None for text without words, such as bare JSON."""
+    import textstat
+
+    if parse_json_document(text) is not None or not re.search(r"[A-Za-z]{2}", text):
+        return None
+    return round(float(textstat.flesch_kincaid_grade(text)), 2)
+
+
+def load_json_schema(path: Path):
+    """A jsonschema validator for the schema file at `path`; a clear error when it is not a valid schema."""
+    import jsonschema
+
+    try:
+        schema = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise HoneError(f"metrics.json_schema: file not found: {path}") from None
+    except json.JSONDecodeError as error:
+        raise HoneError(f"{path}:{error.lineno}: not valid JSON: {error.msg}") from None
+    cls = jsonschema.validators.validator_for(schema)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as error:
+        raise HoneError(f"{path}: not a valid JSON Schema: {error.message}") from None
+    return cls(schema)
+
+
+class Scorer:
+    """Scores replies with the metrics an eval config asks for; one instance serves every candidate."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.ignore = tuple(settings.normalize)
+        self.schema = load_json_schema(settings.json_schema) if settings.json_schema else None
+
+    def label_of(self, text: str) -> str | None:
+        """The label found in a reply or reference (None without a label set)."""
+        labels = self.settings.labels
+        return find_label(text, labels, self.settings.label_field) if labels else None
+
+    def score(self, prediction: str, reference: str) -> dict[str, float | None]:
+        """Every text metric of one reply, the fractions in percent (0-100)."""
+        fractions = {"exact_match": exact_match(prediction, reference, self.ignore),
+                     "token_f1": token_f1(prediction, reference),
+                     "rouge_l": rouge_l(prediction, reference),
+                     "bleu": bleu(prediction, reference),
+                     "chrf": chrf(prediction, reference),
+                     "accuracy": None,
+                     "json_valid": json_valid(prediction, reference),
+                     "json_schema": json_schema_valid(prediction, self.schema) if self.schema else None,
+                     "json_fields": json_fields(prediction, reference),
+                     "style_pass": (not style_violations(prediction, self.settings.style))
+                     if self.settings.style else None}
+        if self.settings.labels:
+            expected = self.label_of(reference)
+            fractions["accuracy"] = None if expected is None else self.label_of(prediction) == expected
+        scores: dict[str, Any] = {name: None if value is None else round(100 * float(value), 2)
+                                  for name, value in fractions.items()}
+        scores["readability_grade"] = reading_grade(prediction) if self.settings.readability else None
+        return scores
 
 
 def aggregate(scores: list[dict]) -> dict[str, float | None]:
-    """Mean of each metric over the examples where it applies; None when it applies to none."""
+    """Mean of each metric over the examples where it applies (perplexity: geometric mean); None when it
+    applies to none."""
     means = {}
     for name in METRICS:
-        values = [item[name] for item in scores if item[name] is not None]
-        means[name] = round(mean(values), 2) if values else None
+        values = [item[name] for item in scores if item.get(name) is not None]
+        if not values:
+            means[name] = None
+        elif name == "perplexity":
+            means[name] = round(math.exp(mean(math.log(v) for v in values)), 3)
+        else:
+            means[name] = round(mean(values), 3 if name == "latency_s" else 2)
     return means
-
-
-def deltas(finetuned: dict, base: dict) -> dict[str, float | None]:
-    """Fine-tuned minus base for each aggregate metric (None when either side is None)."""
-    both = [name for name in METRICS if finetuned[name] is not None and base[name] is not None]
-    return {name: round(finetuned[name] - base[name], 2) if name in both else None for name in METRICS}

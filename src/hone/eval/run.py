@@ -1,91 +1,34 @@
-"""The Python API behind `hone eval`: score a base model and its fine-tuned adapter on held-out chats."""
+"""The Python API behind `hone eval`: every candidate answers the same test prompts; replies are scored,
+compared with the baseline with confidence intervals, judged, checked for forgetting, and given a verdict.
+
+Local candidates share one copy of the base weights: an adapter is merged in for its own pass and
+taken out afterwards, so decoding pays no per-layer LoRA cost and memory holds one model.
+"""
 
 from __future__ import annotations
 
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from statistics import mean
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from hone.data.formats import load_chat_examples
-from hone.data.render import render_prompt
+from hone.data.render import render_chat, render_prompt
 from hone.errors import HoneError
+from hone.eval.config import CandidateConfig, EvalConfig, validate_eval_config
+from hone.eval.forgetting import forgetting_summary, score_probes
 from hone.eval.generate import Generation, generate_replies
-from hone.eval.metrics import METRICS, PERCENT_METRICS, aggregate, deltas, score_reply
-from hone.eval.report import MODEL_LABELS, write_report
+from hone.eval.metrics import BINARY_METRICS, METRICS, Scorer, aggregate, classification_summary
+from hone.eval.prompting import EvalCase, PromptBuilder, load_cases
+from hone.eval.report import write_report
 from hone.eval.stats import is_binary, mcnemar, paired_bootstrap_ci
+from hone.eval.verdict import decide
 from hone.models import fingerprint, frozen_dtype, load_model, load_tokenizer
-from hone.models.finetuned import adapter_fingerprint, attach_adapter, default_device, read_run_dir
-from hone.settings import read_yaml_mapping, resolve_relative, validate
+from hone.models.finetuned import adapter_fingerprint, default_device, read_run_dir
+from hone.models.loading import peft_quietly
+from hone.models.scoring import example_perplexities
 
 MAX_NEW_TOKENS_CAP = 256
-
-
-class EvalConfig(BaseModel):
-    """Settings of one evaluation, as written in an eval YAML file or given as `hone eval` flags."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    base: str | None = Field(None, description="Base model; read from ADAPTER/config.yaml when omitted.")
-    adapter: Path | None = Field(None, description="Run directory of `hone train` with the adapter to test.")
-    data: Path = Field(description="Test file in any chat format; the last assistant turn is the reference.")
-    out: Path = Field(description="Folder for report.json and report.html.")
-    limit: int | None = Field(None, ge=1, description="Evaluate only the first N examples.")
-    batch_size: int = Field(16, ge=1, description="Prompts generated together.")
-    max_new_tokens: int | None = Field(None, ge=1, description="Default: 1.5x longest reference, max 256.")
-
-    @model_validator(mode="after")
-    def _needs_a_model(self) -> EvalConfig:
-        if self.base is None and self.adapter is None:
-            raise ValueError("give base (a model name) or adapter (a run directory), or both")
-        return self
-
-
-def validate_eval_config(raw: dict[str, Any], source: str = "hone eval") -> EvalConfig:
-    """Validate eval settings; every problem is reported with its key and, for typos, a suggestion."""
-    return validate(EvalConfig, raw, source, "eval settings")
-
-
-def load_eval_config(path: Path | None, overrides: dict[str, Any]) -> EvalConfig:
-    """Eval settings from an optional YAML file, with `overrides` (non-None values) taking precedence.
-
-    Relative data and adapter paths in the file are resolved against the file's folder when they do not
-    exist relative to the working directory.
-    """
-    raw = read_yaml_mapping(path, "eval config") if path else {}
-    raw.update({key: value for key, value in overrides.items() if value is not None})
-    config = validate_eval_config(raw, source=str(path) if path else "hone eval")
-    if path:
-        for key in ("data", "adapter"):
-            if overrides.get(key) is None:
-                setattr(config, key, resolve_relative(getattr(config, key), path))
-    return config
-
-
-@dataclass
-class EvalCase:
-    """One test conversation split into the prompt (all but the last turn) and the reference reply."""
-
-    prompt: list[dict]
-    reference: str
-
-
-def load_test_cases(path: Path, limit: int | None = None) -> list[EvalCase]:
-    """The first `limit` conversations of a test file, each split into prompt and reference reply."""
-    cases = []
-    for example in load_chat_examples(path)[:limit]:
-        messages = example.messages
-        if len(messages) < 2:
-            raise HoneError(f"{path}:{example.line}: the conversation has only the assistant reply, so "
-                            "there is no prompt to answer",
-                            hint="put the user message (and any system message) before the expected reply")
-        cases.append(EvalCase(prompt=[{"role": m["role"], "content": m["content"]} for m in messages[:-1]],
-                              reference=messages[-1]["content"]))
-    return cases
 
 
 def default_max_new_tokens(tokenizer, references: list[str]) -> int:
@@ -94,120 +37,303 @@ def default_max_new_tokens(tokenizer, references: list[str]) -> int:
     return max(1, min(MAX_NEW_TOKENS_CAP, math.ceil(1.5 * longest)))
 
 
-def _load(base: str | None, adapter: Path | None, device: str):
-    """The model (with the adapter attached when given), its tokenizer, and a description of both."""
-    run = read_run_dir(adapter) if adapter else None
-    base = base or run.base
-    model = load_model(base, dtype=frozen_dtype(device), device=device)
-    models = {"base": {"name": base, "fingerprint": fingerprint(base)}}
-    if run:
-        model = attach_adapter(model, run.adapter_dir, base)
-        models["finetuned"] = {"name": str(run.run_dir), "base": base, "adapter": str(run.adapter_dir),
-                               "base_fingerprint": models["base"]["fingerprint"],
-                               "adapter_fingerprint": adapter_fingerprint(run.adapter_dir)}
-    model.eval()
-    return model, load_tokenizer(base), models
+class LocalModels:
+    """The base model with every candidate's adapter attached by name; `use(name)` activates one."""
 
+    def __init__(self, base: str, adapters: dict[str, Path], device: str):
+        self.base = base
+        self.model = load_model(base, dtype=frozen_dtype(device), device=device)
+        self.tokenizer = load_tokenizer(base)
+        self.adapters: dict[str, str] = {}
+        attached: dict[Path, str] = {}  # candidates sharing an adapter (fine-tuned, fine-tuned+rag) share its copy
+        for candidate, adapter_dir in adapters.items():
+            if adapter_dir not in attached:
+                attached[adapter_dir] = self._attach(f"adapter{len(attached)}", adapter_dir, candidate)
+            self.adapters[candidate] = attached[adapter_dir]
+        self.model.eval()
 
-def _timing(generations: list[Generation], seconds: float) -> dict[str, float | None]:
-    tokens = sum(g.tokens for g in generations)
-    return {"seconds": round(seconds, 3), "tokens": tokens,
-            "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None}
+    def _attach(self, name: str, adapter_dir: Path, candidate: str) -> str:
+        from peft import PeftModel
 
-
-@contextmanager
-def _adapter_mode(model, key: str, has_adapter: bool):
-    """One copy of the base weights serves both passes: the adapter is off for the base pass and merged
-    into the weights for the fine-tuned pass, so decoding pays no per-layer LoRA overhead."""
-    if not has_adapter:
-        yield
-    elif key == "base":
-        with model.disable_adapter():
-            yield
-    else:
-        model.merge_adapter()
         try:
-            yield
-        finally:
-            model.unmerge_adapter()
+            with peft_quietly():
+                if isinstance(self.model, PeftModel):
+                    self.model.load_adapter(str(adapter_dir), adapter_name=name, is_trainable=False)
+                else:
+                    self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name,
+                                                           is_trainable=False)
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise HoneError(f"candidate '{candidate}': the adapter in {adapter_dir} does not fit base model "
+                            f"'{self.base}': {error}", hint="every adapter must be trained on the same base") from None
+        return name
+
+    @contextmanager
+    def use(self, adapter: str | None):
+        """The model as the base (adapters off) or with one adapter merged into the weights."""
+        if not self.adapters:
+            yield self.model
+        elif adapter is None:
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            self.model.set_adapter(adapter)
+            self.model.merge_adapter()
+            try:
+                yield self.model
+            finally:
+                self.model.unmerge_adapter()
 
 
-def _generate_all(model, tokenizer, prompts: list[list[int]], keys: list[str], max_new_tokens: int,
-                  batch_size: int, show_progress: bool) -> tuple[dict[str, list[Generation]], dict]:
-    """Replies and timings of each evaluated model ("base", then "finetuned" when an adapter is loaded)."""
-    outputs, timings = {}, {}
-    for key in keys:
-        began = time.perf_counter()
-        with _adapter_mode(model, key, "finetuned" in keys):
-            outputs[key] = generate_replies(model, tokenizer, prompts, max_new_tokens, batch_size,
-                                            MODEL_LABELS[key], show_progress)
-        timings[key] = _timing(outputs[key], time.perf_counter() - began)
-    return outputs, timings
+def _reference_examples(tokenizer, prompts: list[list[dict]], references: list[str]):
+    """Each prompt followed by its reference reply, with only the reference's tokens scored."""
+    return [render_chat(tokenizer, [{**m, "weight": 0} if m["role"] == "assistant" else m for m in prompt]
+                        + [{"role": "assistant", "content": reference}])
+            for prompt, reference in zip(prompts, references, strict=True)]
 
 
-def evaluate(base: str | None = None, adapter: Path | None = None, data: Path | None = None,
-             out: Path | None = None, *, limit: int | None = None, batch_size: int = 16,
-             max_new_tokens: int | None = None, device: str | None = None,
-             show_progress: bool = True) -> dict:
-    """Generate greedy replies to every test prompt with the base model and, given a run directory as
-    `adapter`, with base+adapter; score both against the references and write OUT/report.json and
-    OUT/report.html. Returns the report, including its `paths`.
-    """
-    raw = {"base": base, "adapter": adapter, "data": data, "out": out, "limit": limit,
-           "batch_size": batch_size, "max_new_tokens": max_new_tokens}
-    settings = validate_eval_config(raw)
-    started = time.perf_counter()
-    device = device or default_device()
-    cases = load_test_cases(settings.data, settings.limit)
-    model, tokenizer, models = _load(settings.base, settings.adapter, device)
-    load_seconds = time.perf_counter() - started
-    new_tokens = settings.max_new_tokens or default_max_new_tokens(tokenizer, [c.reference for c in cases])
-    prompts = [render_prompt(tokenizer, case.prompt) for case in cases]
-
-    outputs, timings = _generate_all(model, tokenizer, prompts, list(models), new_tokens, settings.batch_size,
-                                     show_progress)
-    timings |= {"load_s": round(load_seconds, 3), "total_s": round(time.perf_counter() - started, 3)}
-
-    config = settings.model_dump(mode="json") | {
-        "base": models["base"]["name"], "max_new_tokens": new_tokens, "examples": len(cases),
-        "device": device, "dtype": str(model.dtype).removeprefix("torch.")}
-    report = _build_report(config, models, cases, outputs, timings)
-    report["paths"] = {name: str(path) for name, path in write_report(report, settings.out).items()}
-    return report
+def _local_answers(model, tokenizer, candidate: CandidateConfig, prompts: list[list[dict]], references: list[str],
+                   settings: EvalConfig, max_new_tokens: int, show_progress: bool) -> dict:
+    ids = [render_prompt(tokenizer, prompt) for prompt in prompts]
+    replies = generate_replies(model, tokenizer, ids, max_new_tokens, settings.batch_size, candidate.name,
+                               show_progress)
+    perplexities = (example_perplexities(model, _reference_examples(tokenizer, prompts, references),
+                                         tokenizer.pad_token_id) if settings.metrics.perplexity else None)
+    return {"replies": replies, "prompt_tokens": [len(x) for x in ids], "perplexities": perplexities,
+            "failures": [], "error": None}
 
 
-def significance(examples: list[dict]) -> dict[str, dict | None]:
-    """Per metric: the paired bootstrap 95% CI of fine-tuned minus base, and McNemar's test for
-    right/wrong metrics (every score 0 or 100)."""
+def _endpoint_answers(candidate: CandidateConfig, prompts: list[list[dict]], tokenizer, max_new_tokens: int,
+                      show_progress: bool) -> dict:
+    from hone.eval.endpoint import endpoint_replies
+
+    replies, failures, error = endpoint_replies(candidate.endpoint, prompts, max_new_tokens, candidate.name,
+                                                show_progress)
+    # Counted with the base tokenizer: the endpoint's own tokenizer is unknown, so this is an estimate.
+    prompt_tokens = [len(render_prompt(tokenizer, p)) if tokenizer else None for p in prompts]
+    return {"replies": replies, "prompt_tokens": prompt_tokens, "perplexities": None, "failures": failures,
+            "error": error}
+
+
+def _example_scores(scorer: Scorer, reply: Generation | None, reference: str, perplexity: float | None) -> dict:
+    if reply is None:
+        return dict.fromkeys(METRICS)
+    scores = scorer.score(reply.text, reference)
+    return scores | {"judge_score": None, "perplexity": None if perplexity is None else round(perplexity, 3),
+                     "output_tokens": reply.tokens, "latency_s": round(reply.seconds, 3)}
+
+
+def _examples(cases: list[EvalCase], prompts: dict[str, list[list[dict]]], answers: dict[str, dict],
+              scorer: Scorer) -> list[dict]:
+    examples = []
+    for index, case in enumerate(cases):
+        outputs = {}
+        for name, answer in answers.items():
+            reply = answer["replies"][index]
+            perplexity = answer["perplexities"][index] if answer["perplexities"] else None
+            outputs[name] = {"text": None if reply is None else reply.text,
+                             "tokens": None if reply is None else reply.tokens,
+                             "prompt_tokens": answer["prompt_tokens"][index],
+                             "seconds": None if reply is None else round(reply.seconds, 3),
+                             "label": None if reply is None else scorer.label_of(reply.text),
+                             "scores": _example_scores(scorer, reply, case.reference, perplexity)}
+            if prompts[name][index] != case.prompt:
+                outputs[name]["prompt"] = prompts[name][index]  # what k-shot / RAG added
+        examples.append({"index": index, "prompt": case.prompt, "reference": case.reference,
+                         "reference_label": scorer.label_of(case.reference), "outputs": outputs})
+    return examples
+
+
+def compare(examples: list[dict], baseline: str, candidate: str, seed: int = 0) -> dict[str, dict | None]:
+    """Per metric: candidate minus baseline with its paired bootstrap 95% CI, and McNemar's test for
+    right/wrong metrics."""
     result = {}
     for name in METRICS:
-        pairs = [(e["outputs"]["base"]["scores"][name], e["outputs"]["finetuned"]["scores"][name]) for e in examples]
-        base, tuned = [b for b, _ in pairs], [t for _, t in pairs]
-        result[name] = paired_bootstrap_ci(base, tuned)
-        both = [(b, t) for b, t in pairs if b is not None and t is not None]
-        if result[name] and name in PERCENT_METRICS and is_binary([v for pair in both for v in pair]):
-            result[name]["mcnemar"] = mcnemar([b == 100 for b, _ in both], [t == 100 for _, t in both])
+        pairs = [(e["outputs"][baseline]["scores"][name], e["outputs"][candidate]["scores"][name])
+                 for e in examples]
+        base, other = [b for b, _ in pairs], [c for _, c in pairs]
+        result[name] = paired_bootstrap_ci(base, other, seed=seed, geometric=name == "perplexity")
+        both = [(b, c) for b, c in pairs if b is not None and c is not None]
+        if result[name] and name in BINARY_METRICS and is_binary([v for pair in both for v in pair]):
+            result[name]["mcnemar"] = mcnemar([b == 100 for b, _ in both], [c == 100 for _, c in both])
     return result
 
 
-def _build_report(config: dict, models: dict, cases: list[EvalCase], outputs: dict[str, list[Generation]],
-                  timings: dict) -> dict:
-    examples = []
-    for index, case in enumerate(cases):
-        replies = {}
-        for key, generations in outputs.items():
-            reply = generations[index]
-            replies[key] = {"text": reply.text, "tokens": reply.tokens, "seconds": round(reply.seconds, 3),
-                            "scores": score_reply(reply.text, case.reference, reply.tokens)}
-        examples.append({"index": index, "prompt": case.prompt, "reference": case.reference,
-                         "outputs": replies})
-    aggregates = {key: aggregate([e["outputs"][key]["scores"] for e in examples]) for key in outputs}
-    return {
+def _resolve_models(settings: EvalConfig, candidates: list[CandidateConfig]) -> tuple[str | None, dict, dict]:
+    """The base model name, each adapter candidate's run directory, and the report's model descriptions."""
+    runs = {c.name: read_run_dir(c.adapter) for c in candidates if c.adapter is not None}
+    base = settings.base or next((run.base for run in runs.values()), None)
+    needs_base = any(c.endpoint is None for c in candidates)
+    for name, run in runs.items():
+        if run.base != base:
+            raise HoneError(f"candidate '{name}': its adapter was trained on '{run.base}', but the base model is "
+                            f"'{base}'", hint="compare adapters of one base per run, or set base to theirs")
+    models = {}
+    if needs_base:
+        models["base"] = {"name": base, "fingerprint": fingerprint(base)}
+    for name, run in runs.items():
+        models[name] = {"run_dir": str(run.run_dir), "adapter": str(run.adapter_dir), "base": base,
+                        "adapter_fingerprint": adapter_fingerprint(run.adapter_dir)}
+    for candidate in candidates:
+        if candidate.endpoint:
+            models[candidate.name] = {"endpoint": candidate.endpoint.url, "model": candidate.endpoint.model}
+    return (base if needs_base else None), {n: r.adapter_dir for n, r in runs.items()}, models
+
+
+def _classification(settings: EvalConfig, examples: list[dict], names: list[str], warnings: list[str]) -> dict | None:
+    labels = settings.metrics.labels
+    if not labels:
+        return None
+    expected = [e["reference_label"] for e in examples]
+    if all(label is None for label in expected):
+        warnings.append(f"no reference matches any label of metrics.labels {labels}: accuracy was not computed; "
+                        "check the label set (or metrics.label_field)")
+    result = {}
+    for name in names:
+        predicted = [e["outputs"][name]["label"] for e in examples]
+        result[name] = classification_summary(predicted, expected, labels)
+        answered = [e for e in examples if e["outputs"][name]["text"] is not None]
+        if answered and all(e["outputs"][name]["label"] is None for e in answered):
+            warnings.append(f"no reply of {name} contains any label of {labels}: its accuracy is 0 because the "
+                            "label could not be found, check metrics.labels or metrics.label_field")
+    return result
+
+
+def _timings(answers: dict[str, dict], seconds: dict[str, float]) -> dict:
+    timings = {}
+    for name, answer in answers.items():
+        replies = [r for r in answer["replies"] if r is not None]
+        tokens = sum(r.tokens for r in replies)
+        prompt_tokens = [t for t in answer["prompt_tokens"] if t is not None]
+        timings[name] = {"seconds": round(seconds[name], 3), "tokens": tokens,
+                         "tokens_per_s": round(tokens / seconds[name], 1) if seconds[name] > 0 else None,
+                         "prompt_tokens_mean": round(mean(prompt_tokens), 1) if prompt_tokens else None,
+                         "latency_s_mean": round(mean(r.seconds for r in replies), 3) if replies else None}
+    return timings
+
+
+def _run_judge(settings: EvalConfig, examples: list[dict], names: list[str], baseline: str,
+               show_progress: bool) -> dict:
+    from hone.eval.judge import JudgeItem, judge_candidates
+
+    items = [JudgeItem(prompt=e["prompt"], reference=e["reference"],
+                       replies={n: e["outputs"][n]["text"] or "" for n in names}) for e in examples]
+    result = judge_candidates(settings.judge, items, names, baseline if baseline in names else names[0],
+                              show_progress)
+    for name, rubric in (result.get("rubric") or {}).items():
+        for example, score in zip(examples, rubric["scores"], strict=False):
+            example["outputs"][name]["scores"]["judge_score"] = score
+    return result
+
+
+def _passes(candidates: list[CandidateConfig], local: LocalModels) -> list[tuple[str | None, list]]:
+    """Local candidates grouped by the adapter they use, base-model ones first: the base weights are used
+    as loaded before any adapter is merged in, and each adapter is merged once."""
+    groups: dict[str | None, list[CandidateConfig]] = {None: []}
+    for candidate in candidates:
+        if candidate.endpoint is None:
+            groups.setdefault(local.adapters.get(candidate.name), []).append(candidate)
+    return list(groups.items())
+
+
+def _answer_all(settings: EvalConfig, candidates: list[CandidateConfig], cases: list[EvalCase],
+                train: list[EvalCase] | None, local: LocalModels | None, new_tokens: int,
+                show_progress: bool) -> tuple[dict, dict, dict, dict]:
+    """Every candidate's prompts, answers and wall seconds, and the forgetting probe scores of the base and
+    of each adapter (when forgetting is measured)."""
+    builder = PromptBuilder(train, settings.docs, settings.seed)
+    prompts = {c.name: builder.build(c, cases) for c in candidates}
+    references = [case.reference for case in cases]
+    answers, seconds, probes = {}, {}, {}
+    measure_forgetting = settings.forgetting.enabled and local is not None and bool(local.adapters)
+    for adapter, group in _passes(candidates, local) if local else []:
+        with local.use(adapter) as model:
+            for candidate in group:
+                began = time.perf_counter()
+                answers[candidate.name] = _local_answers(model, local.tokenizer, candidate, prompts[candidate.name],
+                                                         references, settings, new_tokens, show_progress)
+                seconds[candidate.name] = time.perf_counter() - began
+            if measure_forgetting:
+                key = "base" if adapter is None else group[0].name
+                probes[key] = score_probes(model, local.tokenizer, settings.forgetting, settings.batch_size,
+                                           f"probes: {key}", show_progress)
+    for candidate in (c for c in candidates if c.endpoint):
+        began = time.perf_counter()
+        answers[candidate.name] = _endpoint_answers(candidate, prompts[candidate.name],
+                                                    local.tokenizer if local else None, new_tokens, show_progress)
+        seconds[candidate.name] = time.perf_counter() - began
+    return prompts, {c.name: answers[c.name] for c in candidates}, seconds, probes
+
+
+def _measured_as(probes: dict, local: LocalModels) -> dict[str, str]:
+    """Each fine-tuned candidate -> the probe entry scored with its adapter (named after its first user)."""
+    return {candidate: next(key for key in probes if key != "base" and local.adapters[key] == adapter)
+            for candidate, adapter in local.adapters.items()}
+
+
+def _failure_warnings(answers: dict[str, dict], examples: int) -> list[str]:
+    warnings = []
+    for name, answer in answers.items():
+        if answer["error"]:
+            warnings.append(f"{name}: {answer['error']}")
+        elif answer["failures"]:
+            warnings.append(f"{name}: {len(answer['failures'])} of {examples} requests failed; those examples "
+                            "have no scores for it")
+    return warnings
+
+
+def evaluate(settings: EvalConfig | None = None, *, device: str | None = None, show_progress: bool = True,
+             **fields) -> dict:
+    """Run the evaluation `settings` describes (or build it from keyword `fields`, as in the YAML file) and
+    write OUT/report.json and OUT/report.html. Returns the report, including its `paths`.
+    """
+    settings = settings or validate_eval_config({k: v for k, v in fields.items() if v is not None})
+    started = time.perf_counter()
+    device = device or default_device()
+    candidates = settings.resolved_candidates()
+    names = [c.name for c in candidates]
+    cases = load_cases(settings.data, settings.limit)
+    train = load_cases(settings.train, what="training file") if settings.train else None
+    base, adapters, model_info = _resolve_models(settings, candidates)
+    scorer = Scorer(settings.metrics)
+    local = LocalModels(base, adapters, device) if base else None
+    tokenizer = local.tokenizer if local else None
+    load_seconds = time.perf_counter() - started
+    references = [case.reference for case in cases]
+    new_tokens = settings.max_new_tokens or (default_max_new_tokens(tokenizer, references) if tokenizer else 256)
+
+    prompts, answers, seconds, probes = _answer_all(settings, candidates, cases, train, local, new_tokens,
+                                                    show_progress)
+    warnings = _failure_warnings(answers, len(cases))
+    examples = _examples(cases, prompts, answers, scorer)
+    baseline = settings.verdict.baseline if settings.verdict.baseline in names else names[0]
+    if baseline != settings.verdict.baseline:
+        warnings.append(f"verdict.baseline '{settings.verdict.baseline}' is not a candidate: every comparison is "
+                        f"against '{baseline}', the first candidate")
+    judge = _run_judge(settings, examples, names, baseline, show_progress) if settings.judge else None
+    if judge and judge["status"] != "ok":
+        warnings.append(f"judge: {judge['message'] or judge['status']}")
+    forgetting = forgetting_summary(probes, settings.forgetting, _measured_as(probes, local)) if probes else None
+
+    config = settings.model_dump(mode="json") | {"base": base, "max_new_tokens": new_tokens,
+                                                 "examples": len(cases), "device": device,
+                                                 "dtype": str(local.model.dtype).removeprefix("torch.") if local
+                                                 else None}
+    report = {
         "config": config,
-        "models": models,
-        "aggregates": aggregates,
-        "deltas": deltas(aggregates["finetuned"], aggregates["base"]) if "finetuned" in aggregates else None,
-        "significance": significance(examples) if "finetuned" in aggregates else None,
-        "timings": timings,
+        "candidates": [{"name": c.name, "kind": c.kind} for c in candidates],
+        "baseline": baseline,
+        "models": model_info,
+        "aggregates": {name: aggregate([e["outputs"][name]["scores"] for e in examples]) for name in names},
+        "comparisons": {name: compare(examples, baseline, name, settings.seed) for name in names if name != baseline},
+        "classification": _classification(settings, examples, names, warnings),
+        "judge": judge,
+        "forgetting": forgetting,
+        "timings": _timings(answers, seconds) | {"load_s": round(load_seconds, 3),
+                                                 "total_s": round(time.perf_counter() - started, 3)},
+        "failures": {name: answers[name]["failures"] for name in names if answers[name]["failures"]},
+        "warnings": warnings,
         "examples": examples,
     }
+    report["verdict"] = decide(report, settings, candidates)
+    report["paths"] = {name: str(path) for name, path in write_report(report, settings.out).items()}
+    return report

@@ -19,22 +19,29 @@ EXACT_MCNEMAR_BELOW = 25  # discordant pairs; under this the chi-square approxim
 
 
 def paired_bootstrap_ci(base: list[float | None], candidate: list[float | None], resamples: int = RESAMPLES,
-                        confidence: float = CONFIDENCE, seed: int = 0) -> dict | None:
+                        confidence: float = CONFIDENCE, seed: int = 0, geometric: bool = False) -> dict | None:
     """Mean of candidate - base over the examples scored for both, with its percentile bootstrap CI.
 
-    None when no example has both scores. Seeded, so a report is reproducible.
+    With `geometric`, the statistic is the difference of geometric means (for perplexities, whose
+    arithmetic mean one outlier dominates). None when no example has both scores. Seeded, so a report
+    is reproducible.
     """
     pairs = [(b, c) for b, c in zip(base, candidate, strict=True) if b is not None and c is not None]
     if not pairs:
         return None
-    differences = np.array([c - b for b, c in pairs], dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(differences), size=(resamples, len(differences)))
-    means = differences[picks].mean(axis=1)
+    values = np.array(pairs, dtype=np.float64)
+    if geometric:
+        values = np.log(values)
+    picks = np.random.default_rng(seed).integers(0, len(values), size=(resamples, len(values)))
+    means = values[picks].mean(axis=1)  # [resamples, 2]: base and candidate means of each resample
+    point = values.mean(axis=0)
+    if geometric:
+        means, point = np.exp(means), np.exp(point)
+    differences = means[:, 1] - means[:, 0]
     tail = (1 - confidence) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return {"delta": round(float(differences.mean()), 2), "ci_low": round(float(low), 2),
-            "ci_high": round(float(high), 2), "confidence": confidence, "examples": len(differences),
+    low, high = np.quantile(differences, [tail, 1 - tail])
+    return {"delta": round(float(point[1] - point[0]), 2), "ci_low": round(float(low), 2),
+            "ci_high": round(float(high), 2), "confidence": confidence, "examples": len(values),
             "excludes_zero": bool(low > 0 or high < 0)}
 
 

@@ -3,29 +3,10 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
-import torch
+from hone.models.scoring import Batch, collate
 
-from hone.data.render import RenderedExample
-
-
-@dataclass
-class Batch:
-    """A right-padded micro-batch; `trained` marks the tokens the loss is computed on."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    trained: torch.Tensor
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.attention_mask.sum())
-
-    @property
-    def num_trained(self) -> int:
-        """Target tokens: trained positions that have a token before them to predict from."""
-        return int(self.trained[:, 1:].sum())
+__all__ = ["Batch", "collate", "epoch_batches"]
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
@@ -45,17 +26,3 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     rng.shuffle(batches)
     return batches
-
-
-def collate(examples: list[RenderedExample], pad_id: int) -> Batch:
-    """Right-pad examples to the longest one in the batch."""
-    width = max(len(example) for example in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    trained = torch.zeros((len(examples), width), dtype=torch.bool)
-    for row, example in enumerate(examples):
-        n = len(example)
-        ids[row, :n] = torch.tensor(example.input_ids)
-        mask[row, :n] = 1
-        trained[row, :n] = torch.tensor(example.trained)
-    return Batch(input_ids=ids, attention_mask=mask, trained=trained)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hone.data.versions import is_dataset_dir
 from hone.errors import HoneError
 from hone.settings import read_yaml_mapping, resolve_relative, validate
 
@@ -64,8 +65,11 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _check_eval(self) -> TrainConfig:
-        if self.training.early_stopping_patience and not (self.data.eval or self.data.eval_fraction):
-            raise ValueError("training.early_stopping_patience needs data.eval or data.eval_fraction > 0")
+        # A `hone data prepare` folder brings its own val split.
+        has_eval = self.data.eval or self.data.eval_fraction or is_dataset_dir(self.data.train)
+        if self.training.early_stopping_patience and not has_eval:
+            raise ValueError("training.early_stopping_patience needs data.eval, data.eval_fraction > 0, or a "
+                             "dataset folder from `hone data prepare` as data.train")
         return self
 
 
@@ -93,11 +97,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def load_config(path: Path, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML training config, apply overrides, resolve data paths relative to the config file."""
     path = Path(path)
-    raw = read_yaml_mapping(path, "training config")
-    config = parse_config(apply_overrides(raw, overrides or []), source=str(path))
-    config.data.train = resolve_relative(config.data.train, path)
-    config.data.eval = resolve_relative(config.data.eval, path)
-    return config
+    raw = apply_overrides(read_yaml_mapping(path, "training config"), overrides or [])
+    data = raw.get("data")
+    if isinstance(data, dict):  # resolved before validation, which looks into a dataset folder
+        for key in ("train", "eval"):
+            if isinstance(data.get(key), str):
+                data[key] = str(resolve_relative(Path(data[key]), path))
+    return parse_config(raw, source=str(path))
 
 
 def dump_config(config: TrainConfig) -> str:

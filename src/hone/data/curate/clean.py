@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hone.data.curate.steps import StepReport
 from hone.data.formats import Example
+from hone.settings import check_regexes
 
 _SPACES = re.compile(r"[ \t\f\v\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 _INVISIBLE = re.compile(r"[\u200b\u200c\u200d\u2060\ufeff]")
@@ -31,12 +32,7 @@ class CleanSettings(BaseModel):
     @field_validator("boilerplate")
     @classmethod
     def _compiles(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as error:
-                raise ValueError(f"regex {pattern!r} does not compile: {error}") from error
-        return patterns
+        return check_regexes(patterns)
 
 
 def normalise_whitespace(text: str) -> str:

@@ -1,0 +1,193 @@
+"""The eval config: test data, the candidates compared side by side, metrics, judge, forgetting and verdict.
+
+The short flag form (`--base NAME --adapter RUN_DIR`) becomes two candidates, "base" and "fine-tuned".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hone.eval.judge import JudgeConfig
+from hone.settings import check_regexes, read_yaml_mapping, resolve_relative, validate
+
+BASE_NAME, FINETUNED_NAME = "base", "fine-tuned"
+NORMALIZATIONS = ("whitespace", "case", "punctuation", "articles")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RagSettings(Section):
+    k: int = Field(3, ge=1, le=20, description="Retrieved items put into the prompt.")
+    source: Literal["train", "docs"] = Field("train", description="Retrieve similar training examples (train) "
+                                             "or passages of the documents folder (docs).")
+
+
+class EndpointSettings(Section):
+    url: str = Field(description="Base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1.")
+    model: str = Field(description="Model name sent in each request.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
+    timeout_s: float = Field(60, gt=0)
+    concurrency: int = Field(4, ge=1, le=64, description="Requests in flight at once.")
+
+
+class CandidateConfig(Section):
+    """One way of answering the test prompts: a model (base, adapter or endpoint) plus prompt additions."""
+
+    name: str = Field(description="Column name in the report.")
+    adapter: Path | None = Field(None, description="Run directory of `hone train` (its adapter on the base).")
+    finetuned: bool = Field(False, description="Use the run under test: the top-level adapter (or --adapter), so "
+                            "one eval file serves every new training run.")
+    shots: int = Field(0, ge=0, le=32, description="Training examples put before the prompt as a k-shot demo.")
+    rag: RagSettings | None = Field(None, description="Retrieval-augmented prompt.")
+    endpoint: EndpointSettings | None = Field(None, description="Answer with an external OpenAI-compatible API.")
+
+    @model_validator(mode="after")
+    def _one_model(self) -> CandidateConfig:
+        if sum([self.adapter is not None, self.finetuned, self.endpoint is not None]) > 1:
+            raise ValueError(f"candidate '{self.name}': give one of adapter, finetuned and endpoint")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """What the candidate is, in the report's words: base, few-shot, rag, fine-tuned(+rag), endpoint."""
+        parts = ["endpoint" if self.endpoint else "fine-tuned" if self.adapter else "base"]
+        if self.shots:
+            parts.append(f"{self.shots}-shot")
+        if self.rag:
+            parts.append(f"rag({self.rag.source}, k={self.rag.k})")
+        return "+".join(parts)
+
+
+class StyleRules(Section):
+    max_chars: int | None = Field(None, ge=1, description="Longest reply allowed, in characters.")
+    must_match: list[str] = Field([], description="Regexes every reply must match (re.search).")
+    must_not_match: list[str] = Field([], description=r"Regexes no reply may match, e.g. '\.$' (trailing period).")
+
+    @field_validator("must_match", "must_not_match")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        return check_regexes(patterns)
+
+
+class MetricsConfig(Section):
+    normalize: list[Literal["whitespace", "case", "punctuation", "articles"]] = Field(
+        ["whitespace"], description="What exact match ignores.")
+    labels: list[str] | None = Field(None, description="Label set: turns on accuracy, macro-F1 and the confusion "
+                                     "matrix; the label is parsed from each reply and reference.")
+    label_field: str | None = Field(None, description="Read the label from this field of a JSON reply instead "
+                                    "of searching the text.")
+    json_schema: Path | None = Field(None, description="JSON Schema file every reply must satisfy.")
+    style: StyleRules | None = None
+    readability: bool = Field(True, description="Flesch-Kincaid grade of every reply (textstat).")
+    perplexity: bool = Field(True, description="Perplexity of the references under each local candidate.")
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct(cls, labels: list[str] | None) -> list[str] | None:
+        if labels is not None and (len(labels) < 2 or len(set(labels)) != len(labels)):
+            raise ValueError("give at least two distinct labels")
+        return labels
+
+
+class ForgettingConfig(Section):
+    enabled: bool = Field(True, description="Score base and fine-tuned candidates on hone's general probe set.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N probe prompts.")
+    max_new_tokens: int = Field(64, ge=1, le=512)
+    metric: Literal["answer_match", "token_f1"] = Field("answer_match", description="Probe score the "
+                                                        "verdict's tolerance applies to.")
+    tolerance: float = Field(5.0, ge=0, description="Largest drop of that score (points) still acceptable.")
+    perplexity_tolerance_pct: float = Field(25.0, ge=0, description="Largest rise of the general-text "
+                                            "perplexity (%) still acceptable.")
+
+
+class VerdictConfig(Section):
+    primary_metric: str | None = Field(None, description="Metric the decision rests on; default accuracy when "
+                                       "labels are given, else exact_match.")
+    threshold: float = Field(5.0, ge=0, description="Smallest gain (points) worth shipping.")
+    candidate: str | None = Field(None, description="Candidate judged; default: the first with an adapter.")
+    baseline: str = Field(BASE_NAME, description="Candidate it must beat.")
+    beat_alternatives: bool = Field(False, description="Also require the gain over every prompting, RAG and "
+                                    "endpoint candidate.")
+
+
+class EvalConfig(Section):
+    """Settings of one evaluation, as written in an eval YAML file or given as `hone eval` flags."""
+
+    base: str | None = Field(None, description="Base model; read from the adapter's run directory when omitted.")
+    adapter: Path | None = Field(None, description="Run directory of `hone train` (short form: base vs it).")
+    data: Path = Field(description="Test file in any chat format; the last assistant turn is the reference.")
+    train: Path | None = Field(None, description="Training file: source of k-shot and RAG examples.")
+    docs: Path | None = Field(None, description="Folder of .txt/.md documents for RAG passages.")
+    out: Path = Field(description="Folder for report.json and report.html.")
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N examples.")
+    batch_size: int = Field(16, ge=1, description="Prompts generated together.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Default: 1.5x longest reference, max 256.")
+    seed: int = Field(0, description="Seed of k-shot example choice and bootstrap resampling.")
+    candidates: list[CandidateConfig] | None = Field(None, description="Default: base, plus fine-tuned when "
+                                                     "adapter is given.")
+    metrics: MetricsConfig = MetricsConfig()
+    judge: JudgeConfig | None = None
+    forgetting: ForgettingConfig = ForgettingConfig()
+    verdict: VerdictConfig = VerdictConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        if self.base is None and self.adapter is None and not any(c.adapter for c in self.candidates or []):
+            raise ValueError("give base (a model name) or adapter (a run directory), or both")
+        if self.adapter is None and any(c.finetuned for c in self.candidates or []):
+            raise ValueError("a candidate has finetuned: true, so give adapter (or --adapter RUN_DIR)")
+        names = [c.name for c in self.resolved_candidates()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"candidate names must be distinct: {names}")
+        for candidate in self.resolved_candidates():
+            if (candidate.shots or (candidate.rag and candidate.rag.source == "train")) and self.train is None:
+                raise ValueError(f"candidate '{candidate.name}' uses training examples: set train (a file)")
+            if candidate.rag and candidate.rag.source == "docs" and self.docs is None:
+                raise ValueError(f"candidate '{candidate.name}' retrieves passages: set docs (a folder)")
+        if self.metrics.label_field and not self.metrics.labels:
+            raise ValueError("metrics.label_field needs metrics.labels")
+        return self
+
+    def resolved_candidates(self) -> list[CandidateConfig]:
+        """The candidates as configured (`finetuned: true` ones take the top-level adapter), or base
+        (+ fine-tuned) from the short form."""
+        if self.candidates:
+            return [c.model_copy(update={"adapter": self.adapter, "finetuned": False}) if c.finetuned else c
+                    for c in self.candidates]
+        found = [CandidateConfig(name=BASE_NAME)]
+        if self.adapter is not None:
+            found.append(CandidateConfig(name=FINETUNED_NAME, adapter=self.adapter))
+        return found
+
+    def primary_metric(self) -> str:
+        """The metric the verdict rests on."""
+        return self.verdict.primary_metric or ("accuracy" if self.metrics.labels else "exact_match")
+
+
+def validate_eval_config(raw: dict[str, Any], source: str = "hone eval") -> EvalConfig:
+    """Validate eval settings; every problem is reported with its key and, for typos, a suggestion."""
+    return validate(EvalConfig, raw, source, "eval settings")
+
+
+def load_eval_config(path: Path | None, overrides: dict[str, Any]) -> EvalConfig:
+    """Eval settings from an optional YAML file, with `overrides` (non-None values) taking precedence.
+
+    Relative paths in the file (data, train, docs, adapters, schema) are resolved against the file's
+    folder when they do not exist relative to the working directory.
+    """
+    raw = read_yaml_mapping(path, "eval config") if path else {}
+    raw.update({key: value for key, value in overrides.items() if value is not None})
+    config = validate_eval_config(raw, source=str(path) if path else "hone eval")
+    if path:
+        for key in ("data", "adapter", "train", "docs"):
+            if overrides.get(key) is None:
+                setattr(config, key, resolve_relative(getattr(config, key), path))
+        for candidate in config.candidates or []:
+            candidate.adapter = resolve_relative(candidate.adapter, path)
+        config.metrics.json_schema = resolve_relative(config.metrics.json_schema, path)
+    return config

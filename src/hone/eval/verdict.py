@@ -1,0 +1,107 @@
+"""The verdict: was the fine-tune worth it? SHIP, NOT WORTH IT or REGRESSION, always with the reasons.
+
+SHIP needs all of: the primary metric gains at least `threshold` points over the baseline, the 95% CI
+of that gain excludes 0, and the general probe scores did not drop beyond tolerance. A gain whose CI
+lies entirely below 0, or forgetting beyond tolerance, is a REGRESSION. Anything else is NOT WORTH IT.
+When a number the rule needs is missing, the verdict is INCOMPLETE and says what is missing.
+"""
+
+from __future__ import annotations
+
+from hone.eval.metrics import METRIC_INFO
+
+SHIP, NOT_WORTH_IT, REGRESSION, INCOMPLETE = "SHIP", "NOT WORTH IT", "REGRESSION", "INCOMPLETE"
+
+
+def _gain(comparison: dict, direction: int) -> tuple[float, float, float]:
+    """(gain, CI low, CI high) oriented so that positive is better, whatever the metric's direction."""
+    if direction < 0:
+        return -comparison["delta"], -comparison["ci_high"], -comparison["ci_low"]
+    return comparison["delta"], comparison["ci_low"], comparison["ci_high"]
+
+
+def forgetting_problems(forgetting: dict | None, candidate: str) -> list[str]:
+    """Why the candidate's general ability dropped beyond tolerance (empty when it did not)."""
+    if not forgetting:
+        return []
+    change = forgetting["changes"].get(forgetting.get("measured_as", {}).get(candidate, candidate))
+    if not change:
+        return []
+    problems = []
+    score = change.get(forgetting["metric"])
+    if score is not None and -score["delta"] > forgetting["tolerance"]:
+        problems.append(f"general probe {forgetting['metric']} dropped {-score['delta']:.1f} points "
+                        f"(tolerance {forgetting['tolerance']:g})")
+    rise = change.get("text_perplexity_rise_pct")
+    if rise is not None and rise > forgetting["perplexity_tolerance_pct"]:
+        problems.append(f"general-text perplexity rose {rise:.1f}% (tolerance "
+                        f"{forgetting['perplexity_tolerance_pct']:g}%)")
+    return problems
+
+
+def _alternative_notes(aggregates: dict, candidates: list, candidate: str, baseline: str, metric: str,
+                       threshold: float) -> tuple[list[str], list[str]]:
+    """Notes on cheaper ways (prompting, RAG, endpoints) that come within `threshold` of the fine-tune, and
+    the names of those that do."""
+    direction = METRIC_INFO[metric][2] or 1
+    tuned = aggregates[candidate][metric]
+    notes, close = [], []
+    for other in candidates:
+        value = aggregates[other.name][metric]
+        if other.name in (candidate, baseline) or other.adapter is not None or value is None or tuned is None:
+            continue
+        if direction * (tuned - value) < threshold:
+            close.append(other.name)
+            notes.append(f"{other.name} ({other.kind}) reaches {value:.1f} against {tuned:.1f}: within "
+                         f"{threshold:g} points of the fine-tune without training")
+    return notes, close
+
+
+def decide(report: dict, settings, candidates: list) -> dict:
+    """The verdict for `settings.verdict` (VerdictConfig) on a report with aggregates and comparisons."""
+    rule = settings.verdict
+    metric = settings.primary_metric()
+    candidate = rule.candidate or next((c.name for c in candidates if c.adapter is not None), None)
+    result = {"decision": INCOMPLETE, "primary_metric": metric, "threshold": rule.threshold, "candidate": candidate,
+              "baseline": rule.baseline, "reasons": [], "notes": []}
+    comparison = (report.get("comparisons") or {}).get(candidate, {}).get(metric) if candidate else None
+    if candidate is None:
+        result["reasons"].append("no fine-tuned candidate to judge: add one with an adapter")
+    elif comparison is None:
+        result["reasons"].append(f"{metric} of {candidate} against {rule.baseline} could not be computed")
+    if result["reasons"]:
+        return result
+
+    gain, low, high = _gain(comparison, METRIC_INFO[metric][2] or 1)
+    result |= {"gain": gain, "ci_low": low, "ci_high": high}
+    forgetting = report.get("forgetting")
+    forgot = forgetting_problems(forgetting, candidate)
+    if high < 0 or forgot:
+        result["decision"] = REGRESSION
+        if high < 0:
+            result["reasons"].append(f"{metric} fell {-gain:.1f} points and the 95% CI [{low:+.1f}, {high:+.1f}] "
+                                     "lies below 0")
+        result["reasons"] += forgot
+        return result
+
+    notes, close = _alternative_notes(report["aggregates"], candidates, candidate, rule.baseline, metric,
+                                      rule.threshold)
+    result["notes"] += notes
+    if gain < rule.threshold:
+        result["reasons"].append(f"{metric} gained {gain:+.1f} points, under the {rule.threshold:g}-point threshold")
+    if low <= 0:
+        result["reasons"].append(f"the 95% CI [{low:+.1f}, {high:+.1f}] includes 0: the gain may be noise")
+    if rule.beat_alternatives and close:
+        result["reasons"].append(f"{', '.join(close)} come within {rule.threshold:g} points without fine-tuning")
+    if forgetting is None and settings.forgetting.enabled:
+        result["reasons"].append("forgetting was not measured")
+    if result["reasons"]:
+        result["decision"] = NOT_WORTH_IT
+        return result
+    result["decision"] = SHIP
+    result["reasons"].append(f"{metric} gained {gain:+.1f} points (95% CI [{low:+.1f}, {high:+.1f}]) over "
+                             f"{rule.baseline}" + ("" if forgetting is None else
+                                                   ", and general ability held within tolerance"))
+    if forgetting is None:
+        result["notes"].append("forgetting was switched off (forgetting.enabled: false), so it was not checked")
+    return result

@@ -1,0 +1,82 @@
+"""How likely a model finds given tokens: the negative log-likelihood of target tokens, per example.
+
+Training (the loss), evaluation (perplexity of references) and the forgetting probe share this code.
+The lm_head runs only on positions that predict a target token, in chunks, so full-vocabulary logits
+are never built for a whole batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from hone.data.render import RenderedExample
+
+
+@dataclass
+class Batch:
+    """A right-padded batch; `trained` marks the target tokens (the ones the loss is computed on)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    trained: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    @property
+    def num_trained(self) -> int:
+        """Target tokens: trained positions that have a token before them to predict from."""
+        return int(self.trained[:, 1:].sum())
+
+
+def collate(examples: list[RenderedExample], pad_id: int) -> Batch:
+    """Right-pad examples to the longest one in the batch."""
+    width = max(len(example) for example in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    trained = torch.zeros((len(examples), width), dtype=torch.bool)
+    for row, example in enumerate(examples):
+        n = len(example)
+        ids[row, :n] = torch.tensor(example.input_ids)
+        mask[row, :n] = 1
+        trained[row, :n] = torch.tensor(example.trained)
+    return Batch(input_ids=ids, attention_mask=mask, trained=trained)
+
+
+def target_token_nll(model, batch: Batch, chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of the batch: summed cross-entropy of its target tokens, and how many there are."""
+    body, head = model.get_decoder(), model.get_output_embeddings()
+    hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    select = batch.trained[:, 1:]
+    rows = hidden[:, :-1][select]
+    targets = batch.input_ids[:, 1:][select]
+    row_of = select.nonzero()[:, 0]
+    per_row = hidden.new_zeros(select.shape[0], dtype=torch.float32)
+    for start in range(0, rows.shape[0], chunk_size):
+        logits = head(rows[start:start + chunk_size]).float()
+        losses = F.cross_entropy(logits, targets[start:start + chunk_size], reduction="none")
+        per_row = per_row.index_add(0, row_of[start:start + chunk_size], losses)
+    return per_row, select.sum(dim=1)
+
+
+@torch.no_grad()
+def example_perplexities(model, examples: list[RenderedExample], pad_id: int, batch_size: int = 8) -> list[
+        float | None]:
+    """Perplexity of each example's trained tokens (exp of their mean NLL); None when it has none.
+
+    Examples are batched in length order so little compute goes to padding; results keep input order.
+    """
+    model.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
+    result: list[float | None] = [None] * len(examples)
+    for start in range(0, len(order), batch_size):
+        indices = order[start:start + batch_size]
+        nll, counts = target_token_nll(model, collate([examples[i] for i in indices], pad_id))
+        for index, total, count in zip(indices, nll.tolist(), counts.tolist(), strict=True):
+            result[index] = math.exp(total / count) if count else None
+    return result
