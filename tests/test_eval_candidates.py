@@ -166,12 +166,13 @@ def _settings(**verdict) -> tuple[EvalConfig, list[CandidateConfig]]:
 
 
 def _forgetting(drop: float, rise: float | None = 0.0) -> dict:
+    score = {"delta": -drop, "ci_low": -drop - 4, "ci_high": -drop + 4}
     return {"metric": "answer_match", "tolerance": 5.0, "perplexity_tolerance_pct": 25.0,
-            "changes": {"fine-tuned": {"answer_match": {"delta": -drop}, "text_perplexity_rise_pct": rise}}}
+            "changes": {"fine-tuned": {"answer_match": score, "text_perplexity_rise_pct": rise}}}
 
 
 @pytest.mark.parametrize(("report", "decision", "reason"), [
-    (_report(12, 6, 18, forgetting=_forgetting(1)), "SHIP", "gained +12.0 points"),
+    (_report(12, 6, 18, forgetting=_forgetting(1)), "SHIP", "changed -1.0 points (95% CI [-5.0, +3.0]), within"),
     (_report(3, 1, 5, forgetting=_forgetting(0)), "NOT WORTH IT", "under the 5-point threshold"),
     (_report(8, -1, 17, forgetting=_forgetting(0)), "NOT WORTH IT", "includes 0"),
     (_report(-9, -15, -3, forgetting=_forgetting(0)), "REGRESSION", "fell 9.0 points"),
@@ -183,6 +184,13 @@ def test_verdict_rule(report, decision, reason):
     verdict = decide(report, settings, candidates)
     assert verdict["decision"] == decision
     assert reason in " ".join(verdict["reasons"])
+
+
+def test_ship_notes_a_forgetting_interval_that_reaches_past_the_tolerance():
+    settings, candidates = _settings()
+    verdict = decide(_report(12, 6, 18, forgetting=_forgetting(3)), settings, candidates)  # CI [-7, +1]
+    assert verdict["decision"] == "SHIP" and "gained +12.0 points" in verdict["reasons"][0]
+    assert "the forgetting CI reaches -7.0, beyond the tolerance" in verdict["notes"][-1]
 
 
 def test_verdict_notes_cheaper_alternatives_and_can_require_beating_them():

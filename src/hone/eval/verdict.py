@@ -100,8 +100,26 @@ def decide(report: dict, settings, candidates: list) -> dict:
         return result
     result["decision"] = SHIP
     result["reasons"].append(f"{metric} gained {gain:+.1f} points (95% CI [{low:+.1f}, {high:+.1f}]) over "
-                             f"{rule.baseline}" + ("" if forgetting is None else
-                                                   ", and general ability held within tolerance"))
+                             f"{rule.baseline}")
     if forgetting is None:
         result["notes"].append("forgetting was switched off (forgetting.enabled: false), so it was not checked")
+    else:
+        held, note = _forgetting_held(forgetting, candidate)
+        result["reasons"].append(held)
+        result["notes"] += [note] if note else []
     return result
+
+
+def _forgetting_held(forgetting: dict, candidate: str) -> tuple[str, str | None]:
+    """The reason line for forgetting within tolerance, and a note when its CI reaches beyond the tolerance."""
+    change = forgetting["changes"].get(forgetting.get("measured_as", {}).get(candidate, candidate), {})
+    score = change.get(forgetting["metric"])
+    if not score:
+        return "general ability held within tolerance", None
+    held = (f"general probe {forgetting['metric']} changed {score['delta']:+.1f} points (95% CI "
+            f"[{score['ci_low']:+.1f}, {score['ci_high']:+.1f}]), within the {forgetting['tolerance']:g}-point "
+            "tolerance")
+    if -score["ci_low"] <= forgetting["tolerance"]:
+        return held, None
+    return held, (f"the forgetting CI reaches {score['ci_low']:+.1f}, beyond the tolerance: the probes cannot rule "
+                  "out a larger drop; raise forgetting.limit (all 136 probes) or check the probe replies")
