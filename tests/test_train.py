@@ -42,6 +42,7 @@ def make_config(tmp_path: Path, model_dir: Path, **training) -> Path:
         "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
         "training": settings,
         "output_dir": str(tmp_path / "runs"),
+        "tracking": {"enabled": False},  # one test turns it on; a new MLflow store costs ~3 s
     }
     import yaml
 
@@ -88,7 +89,8 @@ def test_batches_are_grouped_by_length_and_deterministic():
 
 
 def test_training_writes_the_run_directory_and_lowers_loss(tmp_path, tiny_model_dir):
-    run_dir = train(load_config(make_config(tmp_path, tiny_model_dir)), show_progress=False)
+    run_dir = train(load_config(make_config(tmp_path, tiny_model_dir), ["tracking.enabled=true"]),
+                    show_progress=False)
     assert (run_dir / "config.yaml").is_file()
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
@@ -107,6 +109,21 @@ def test_training_writes_the_run_directory_and_lowers_loss(tmp_path, tiny_model_
 
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     PeftModel.from_pretrained(base, str(run_dir / "adapter"))
+
+    from hone.train.tracking import mlflow_client
+
+    tracked = json.loads((run_dir / "tracking.json").read_text())
+    assert summary["mlflow_run_id"] == tracked["run_id"] and tracked["uri"].endswith("mlflow/mlflow.db")
+    client = mlflow_client(tracked["uri"])
+    run = client.get_run(tracked["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["training.lr"] == "0.005"
+    assert run.data.tags["dataset_fingerprint"] == summary["dataset_fingerprint"]
+    assert run.data.tags["base_model_fingerprint"] == summary["base_model_fingerprint"]
+    losses = client.get_metric_history(tracked["run_id"], "train_loss")
+    assert [m.step for m in losses] == list(range(1, 13))
+    assert [m.value for m in losses] == [r["train_loss"] for r in records]
+    assert {"adapter/adapter_model.safetensors", "adapter/adapter_config.json"} <= {
+        f.path for f in client.list_artifacts(tracked["run_id"], "adapter")}
 
 
 def test_prompt_tokens_do_not_change_the_loss(tiny_model_dir):
@@ -158,3 +175,96 @@ def test_cli_dry_run_marks_trained_tokens(tmp_path, tiny_model_dir):
     assert trained.startswith('{"animal": "') and trained.endswith("<|im_end|>\n")
     assert report["estimate"]["seconds_per_epoch"] > 0
     assert report["examples"]["train"] == 24
+
+
+def test_dora_trains_an_adapter_that_peft_loads_and_eval_uses(tmp_path, tiny_model_dir):
+    from peft import PeftModel
+
+    from hone.eval import evaluate
+    from hone.models import load_model
+
+    config = load_config(make_config(tmp_path, tiny_model_dir, max_steps=4), ["method=dora"])
+    run_dir = train(config, show_progress=False)
+    adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter["use_dora"] is True
+    weights = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    assert any("lora_magnitude_vector" in name for name in weights)
+    PeftModel.from_pretrained(load_model(str(tiny_model_dir)), str(run_dir / "adapter"))
+    report = evaluate(adapter=run_dir, data=tmp_path / "eval.jsonl", out=tmp_path / "eval", max_new_tokens=4,
+                      forgetting={"enabled": False}, show_progress=False)
+    assert report["aggregates"]["fine-tuned"]["output_tokens"] is not None
+
+
+def test_resume_after_kill_9_mid_epoch_matches_an_uninterrupted_run(tmp_path, tiny_model_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = make_config(tmp_path, tiny_model_dir, batch_size=2, epochs=1, eval_every=None, save_every=5,
+                       save_total_limit=50)
+    write_chat_jsonl(tmp_path / "train.jsonl", 240)  # 120 steps: long enough to be killed mid-epoch
+    straight = train(load_config(path), show_progress=False)
+
+    runs = tmp_path / "killed-runs"
+    command = [sys.executable, "-m", "hone", "train", str(path), "--set", f"output_dir={runs}"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ)
+    deadline = time.monotonic() + 120
+    while not list(runs.glob("*/checkpoints/step-0000020")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    [killed] = list(runs.iterdir())
+    assert not (killed / "adapter" / "adapter_model.safetensors").exists(), "the run finished before the kill"
+
+    resumed = subprocess.run([sys.executable, "-m", "hone", "train", "--resume", str(killed)], capture_output=True,
+                             text=True, env=os.environ)
+    assert resumed.returncode == 0, resumed.stderr
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 121))  # nothing logged twice, nothing missing
+    a = [json.loads(line)["train_loss"] for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(line)["train_loss"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert a == b  # same data order and same updates
+    final_a = load_file(str(straight / "adapter" / "adapter_model.safetensors"))
+    final_b = load_file(str(killed / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.equal(final_a[name], final_b[name]) for name in final_a)
+
+
+def test_memory_estimate_counts_the_real_trainable_parameters_and_warns_before_a_run_that_will_not_fit(
+        tmp_path, tiny_model_dir, monkeypatch, capsys):
+    from hone.train import memory
+    from hone.train.run import build_lora_model
+
+    config = load_config(make_config(tmp_path, tiny_model_dir, max_steps=1))
+    small = memory.estimate_memory(config, torch.float32, 100)
+    real = build_lora_model(config, torch.float32)
+    assert small["trainable_parameters"] == sum(p.numel() for p in real.parameters() if p.requires_grad)
+    assert small["bytes"]["frozen_weights"] == sum(p.numel() * 4 for p in real.parameters() if not p.requires_grad)
+    large = memory.estimate_memory(config, torch.float32, 1000)
+    assert large["bytes"]["activations"] == 10 * small["bytes"]["activations"]
+
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "config.yaml"), "--dry-run", "--no-estimate",
+                                      "--json"])
+    plan = json.loads(result.stdout)["memory"]
+    assert plan["total_gib"] > 0 and plan["warning"] is None  # a tiny model fits
+
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 1024)
+    train(config, show_progress=False)
+    assert "warning: this run needs about" in capsys.readouterr().err
+    assert "lower training.batch_size" in memory.fit_warning(small, 1024)
+
+
+def test_packed_training_learns_and_counts_steps_in_packed_rows(tmp_path, tiny_model_dir):
+    import math
+
+    path = make_config(tmp_path, tiny_model_dir, packing=True, batch_size=2, epochs=3, eval_every=2)
+    plan = json.loads(CliRunner().invoke(app, ["train", str(path), "--dry-run", "--no-estimate", "--json"]).stdout)
+    config = load_config(path)
+    run_dir = train(config, show_progress=False)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = plan["packing"]["rows"]
+    assert rows < 24 / 2 and plan["packing"]["efficiency"] > 0.8  # 24 short chats fit in a few rows
+    assert len(records) == plan["optimizer_steps"] == math.ceil(3 * math.ceil(rows / 2))
+    evals = [r["eval_loss"] for r in records if "eval_loss" in r]
+    assert evals[-1] < evals[0]

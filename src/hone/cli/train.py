@@ -9,6 +9,7 @@ import typer
 from rich.text import Text
 
 from hone.cli.output import console, emit_json
+from hone.cli.output import errors as stderr
 from hone.errors import HoneError
 from hone.train.config import load_config
 
@@ -65,6 +66,14 @@ def _print_plan(report: dict) -> None:
                   f"{tokens['mean_length']}, max {tokens['max_length']}")
     console.print(f"optimizer steps: {report['optimizer_steps']} ({report['micro_batches_per_epoch']} "
                   "micro-batches per epoch)")
+    if "packing" in report:
+        console.print(f"packing: {report['packing']['rows']} rows, {report['packing']['efficiency']:.1%} of their "
+                      "tokens are real")
+    memory = report["memory"]
+    parts = ", ".join(f"{name.replace('_', ' ')} {value / 2**30:.2f}" for name, value in memory["bytes"].items())
+    console.print(f"memory: about {memory['total_gib']:.1f} GiB ({parts}); {memory['available_gib']:.1f} GiB free")
+    if memory["warning"]:
+        stderr.print(f"warning: {memory['warning']}")
     if "estimate" in report:
         est = report["estimate"]
         console.print(f"estimate: {est['tokens_per_s']} tokens/s, about {est['seconds_per_epoch'] / 60:.1f} "

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from hone.data.versions import is_dataset_dir
 from hone.errors import HoneError
 from hone.settings import read_yaml_mapping, resolve_relative, validate
+from hone.train.tracking import TrackingConfig
 
 
 class Section(BaseModel):
@@ -45,6 +46,9 @@ class TrainingConfig(Section):
     group_by_length: bool = Field(False, description="Batch examples of similar length to avoid padding: faster "
                                   "on data of very uneven length, but batches are less mixed (on the demo data it "
                                   "cost 5% eval loss for no speed).")
+    packing: bool = Field(False, description="Pack several examples into each row of data.max_length tokens; "
+                          "each token attends only within its own example and positions restart, so no padding "
+                          "is computed over.")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="dtype of the frozen weights.")
     eval_every: int | None = Field(None, ge=1, description="Eval loss every N optimizer steps (and at the end).")
     early_stopping_patience: int | None = Field(None, ge=1, description="Evals without improvement to stop.")
@@ -56,10 +60,13 @@ class TrainingConfig(Section):
 
 class TrainConfig(Section):
     base_model: str = Field("smollm2-135m-instruct", description="Catalog name, HF folder or .gguf file.")
-    method: Literal["lora"] = "lora"
+    method: Literal["lora", "dora"] = Field("lora", description="lora, or dora: LoRA with the weight split "
+                                            "into magnitude and direction (PEFT use_dora), often closer to full "
+                                            "fine-tuning at low rank, ~1.5-2x slower per step.")
     data: DataConfig
     lora: LoraConfig = LoraConfig()
     training: TrainingConfig = TrainingConfig()
+    tracking: TrackingConfig = TrackingConfig()
     output_dir: Path = Path("runs")
     run_name: str | None = None
 

@@ -12,6 +12,8 @@ from hone.train.config import TrainConfig
 from hone.train.data import load_training_data
 from hone.train.loop import total_optimizer_steps
 from hone.train.loss import trained_token_loss
+from hone.train.memory import memory_plan
+from hone.train.packing import pack_examples, packing_efficiency
 
 
 def marked_segments(tokenizer, input_ids: list[int], trained: list[bool]) -> list[tuple[str, bool]]:
@@ -48,11 +50,13 @@ def time_one_step(config: TrainConfig, data, pad_id: int) -> float:
 
 
 def dry_run(config: TrainConfig, measure: bool = True) -> dict:
-    """Token counts, one example with its trained tokens, and the estimated time per epoch."""
+    """Token counts, one example with its trained tokens, the memory estimate and the time per epoch."""
     tokenizer = load_tokenizer(config.base_model)
     data = load_training_data(config, tokenizer)
     example = data.train[0]
-    steps, per_epoch = total_optimizer_steps(config, len(data.train))
+    lengths = [len(e) for e in data.train]
+    rows = pack_examples(lengths, config.data.max_length) if config.training.packing else None
+    steps, per_epoch = total_optimizer_steps(config, len(rows) if rows else len(lengths))
     report = {
         "examples": {"train": len(data.train), "eval": len(data.eval), "skipped": data.skipped},
         "tokens": {
@@ -67,6 +71,11 @@ def dry_run(config: TrainConfig, measure: bool = True) -> dict:
                     "tokens": len(example), "trained_tokens": example.num_trained},
         "dataset_fingerprint": data.fingerprint,
     }
+    if rows:
+        report["packing"] = {"rows": len(rows),
+                             "efficiency": round(packing_efficiency(lengths, rows, config.data.max_length), 4)}
+    longest_row = max(sum(lengths[i] for i in row) for row in rows) if rows else report["tokens"]["max_length"]
+    report["memory"] = memory_plan(config, longest_row)
     if measure:
         tokens_per_s = time_one_step(config, data, tokenizer.pad_token_id)
         report["estimate"] = {"tokens_per_s": round(tokens_per_s, 1),

@@ -22,6 +22,8 @@ from hone.train.checkpoint import Progress, latest_checkpoint, load_checkpoint, 
 from hone.train.config import TrainConfig
 from hone.train.data import TrainingData
 from hone.train.loss import trained_token_loss
+from hone.train.packing import collate_packed, pack_examples, packed_target_token_nll
+from hone.train.tracking import NullTracker
 
 
 def lr_lambda(total_steps: int, warmup_steps: int, kind: str):
@@ -83,14 +85,18 @@ class Trainer:
     """Runs one training run into `run_dir`; `fit()` starts or resumes it."""
 
     def __init__(self, config: TrainConfig, peft_model, data: TrainingData, run_dir: Path, pad_id: int,
-                 show_progress: bool = True):
+                 show_progress: bool = True, tracker: NullTracker | None = None):
         self.config, self.model, self.data, self.run_dir = config, peft_model, data, run_dir
+        self.tracker = tracker or NullTracker()
         self.base = peft_model.get_base_model()
         self.pad_id = pad_id
         self.show_progress = show_progress
         self.lengths = [len(e) for e in data.train]
         t = config.training
-        self.total_steps, self.batches_per_epoch = total_optimizer_steps(config, len(data.train))
+        # The units batches are drawn from: examples, or rows of packed examples.
+        self.rows = pack_examples(self.lengths, config.data.max_length) if t.packing else None
+        self.unit_lengths = [sum(self.lengths[i] for i in row) for row in self.rows] if t.packing else self.lengths
+        self.total_steps, self.batches_per_epoch = total_optimizer_steps(config, len(self.unit_lengths))
         params = [p for p in peft_model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
         warmup = int(t.warmup_ratio * self.total_steps)
@@ -120,7 +126,7 @@ class Trainer:
         """Yield (epoch, index in epoch, batch indices) from the current position onwards, forever."""
         epoch, start = self.progress.epoch, self.progress.batch_in_epoch
         while True:
-            batches = epoch_batches(self.lengths, self.config.training.batch_size, self.config.training.seed,
+            batches = epoch_batches(self.unit_lengths, self.config.training.batch_size, self.config.training.seed,
                                     epoch, self.config.training.group_by_length)
             for index in range(start, len(batches)):
                 yield epoch, index, batches[index]
@@ -129,14 +135,15 @@ class Trainer:
     def _log(self, record: dict) -> None:
         with open(self.metrics_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
+        self.tracker.log_step({k: v for k, v in record.items() if k != "step"}, record["step"])
 
     def _optimizer_step(self, group) -> tuple[float, int]:
         """One optimizer step over a group of micro-batches; returns (mean loss per token, tokens)."""
-        batches = [collate([self.data.train[i] for i in indices], self.pad_id) for _, _, indices in group]
+        batches = [self._collate(indices) for _, _, indices in group]
         targets = sum(b.num_trained for b in batches)
         loss_sum, tokens = 0.0, 0
         for batch in batches:
-            loss, _ = trained_token_loss(self.base, batch)
+            loss = self._loss(batch)
             (loss / max(1, targets)).backward()  # every target token weighs the same across the group
             loss_sum, tokens = loss_sum + float(loss.detach()), tokens + batch.num_tokens
         if self.config.training.max_grad_norm:
@@ -146,6 +153,18 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum / max(1, targets), tokens
+
+    def _collate(self, units: list[int]):
+        """The micro-batch of these units: padded examples, or packed rows."""
+        if self.rows is None:
+            return collate([self.data.train[i] for i in units], self.pad_id)
+        return collate_packed([[self.data.train[i] for i in self.rows[u]] for u in units], self.pad_id)
+
+    def _loss(self, batch) -> torch.Tensor:
+        """Summed cross-entropy over the micro-batch's target tokens."""
+        if self.rows is None:
+            return trained_token_loss(self.base, batch)[0]
+        return packed_target_token_nll(self.base, batch)[0].sum()
 
     def _maybe_eval(self, record: dict, last: bool) -> bool:
         """Eval loss when due; returns True when early stopping says to stop."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,8 @@ from hone.models.loading import peft_quietly
 from hone.train.config import TrainConfig, dump_config, parse_config
 from hone.train.data import TrainingData, load_training_data
 from hone.train.loop import Trainer
+from hone.train.memory import memory_plan
+from hone.train.tracking import Tracker
 
 
 def code_version() -> str:
@@ -31,13 +34,14 @@ def code_version() -> str:
 
 
 def build_lora_model(config: TrainConfig, dtype: torch.dtype):
-    """The frozen base in `dtype` with trainable LoRA adapters (kept in float32) from PEFT."""
+    """The frozen base in `dtype` with trainable LoRA (or DoRA) adapters, kept in float32, from PEFT."""
     from peft import LoraConfig, get_peft_model
 
     base = load_model(config.base_model, dtype=dtype)
     base.config.use_cache = False
     lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
-                      target_modules=config.lora.target_modules, task_type="CAUSAL_LM")
+                      target_modules=config.lora.target_modules, use_dora=config.method == "dora",
+                      task_type="CAUSAL_LM")
     try:
         with peft_quietly():
             return get_peft_model(base, lora)
@@ -78,19 +82,43 @@ def train(config: TrainConfig, *, config_path: Path | None = None, resume_dir: P
     torch.manual_seed(config.training.seed)
     tokenizer = load_tokenizer(config.base_model)
     data = load_training_data(config, tokenizer)
+    memory = memory_plan(config, max(len(example) for example in data.train))
+    if memory["warning"]:
+        print(f"warning: {memory['warning']}", file=sys.stderr)
     dtype = frozen_dtype("cpu", config.training.precision)
     model = build_lora_model(config, dtype)
-    trainer = Trainer(config, model, data, run_dir, pad_id=tokenizer.pad_token_id, show_progress=show_progress)
-    if resume_dir is not None and not trainer.resume():
-        raise HoneError(f"{run_dir}/checkpoints holds no checkpoint to resume from")
-    outcome = trainer.fit()
-    tokenizer.save_pretrained(run_dir / "adapter")  # the adapter folder then also serves chat as-is
-    write_summary(run_dir, config, data, trainer, outcome, dtype, time.time() - started)
+    with start_tracking(config, run_dir, data) as tracker:
+        trainer = Trainer(config, model, data, run_dir, pad_id=tokenizer.pad_token_id,
+                          show_progress=show_progress, tracker=tracker)
+        if resume_dir is not None and not trainer.resume():
+            raise HoneError(f"{run_dir}/checkpoints holds no checkpoint to resume from")
+        outcome = trainer.fit()
+        tokenizer.save_pretrained(run_dir / "adapter")  # the adapter folder then also serves chat as-is
+        summary = write_summary(run_dir, config, data, trainer, outcome, dtype, time.time() - started,
+                                memory["total_gib"], tracker.run_id)
+        tracker.log_summary(summary)
+        tracker.log_artifacts(run_dir / "adapter", "adapter")
+        if outcome["interrupted"]:
+            tracker.finish("KILLED")  # resumable: `hone train --resume` continues this MLflow run
     return run_dir
 
 
+def start_tracking(config: TrainConfig, run_dir: Path, data: TrainingData):
+    """The MLflow tracker of this run: a new MLflow run, or the one a resumed run started (its id is kept
+    in RUN_DIR/tracking.json)."""
+    record = run_dir / "tracking.json"
+    run_id = json.loads(record.read_text())["run_id"] if record.is_file() else None
+    tags = {"base_model_fingerprint": fingerprint(config.base_model), "dataset_fingerprint": data.fingerprint,
+            "dataset_id": data.dataset_id or "", "code_version": code_version(), "run_dir": str(run_dir)}
+    tracker = Tracker.start(config.tracking, run_dir.name, config.model_dump(mode="json"), tags, run_id=run_id)
+    if tracker.run_id and run_id is None:
+        record.write_text(json.dumps({"uri": tracker.uri, "run_id": tracker.run_id}, indent=2) + "\n")
+    return tracker
+
+
 def write_summary(run_dir: Path, config: TrainConfig, data: TrainingData, trainer: Trainer, outcome: dict,
-                  dtype: torch.dtype, wall_seconds: float) -> dict:
+                  dtype: torch.dtype, wall_seconds: float, memory_estimate_gib: float,
+                  mlflow_run_id: str | None) -> dict:
     """summary.json: final figures, fingerprints of data and base model, code version, wall time."""
     p = trainer.progress
     summary = {
@@ -117,6 +145,8 @@ def write_summary(run_dir: Path, config: TrainConfig, data: TrainingData, traine
         "train_seconds": round(p.train_seconds, 2),
         "tokens_per_s": round(p.tokens / max(p.train_seconds, 1e-9), 1),
         "wall_seconds": round(wall_seconds, 2),
+        "memory_estimate_gib": memory_estimate_gib,
+        "mlflow_run_id": mlflow_run_id,
         "adapter_dir": str(run_dir / "adapter"),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
