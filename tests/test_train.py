@@ -144,22 +144,29 @@ def test_prompt_tokens_do_not_change_the_loss(tiny_model_dir):
     assert n == int(mask.sum()) and torch.allclose(loss, expected, atol=1e-4)
 
 
+def resume_after_checkpoint(finished: Path, killed: Path, kept: int) -> Path:
+    """Recreate on disk a run killed right after its `kept`-th checkpoint, then resume it."""
+    shutil.copytree(finished, killed)
+    for later in sorted((killed / "checkpoints").glob("step-*"))[kept:]:
+        shutil.rmtree(later)
+    shutil.rmtree(killed / "adapter")
+    return train(None, resume_dir=killed, show_progress=False)
+
+
+def assert_same_trainable_weights(a: Path, b: Path, step: int) -> None:
+    name = f"step-{step:07d}"
+    final_a = load_file(str(a / "checkpoints" / name / "trainable.safetensors"))
+    final_b = load_file(str(b / "checkpoints" / name / "trainable.safetensors"))
+    assert final_a.keys() == final_b.keys()
+    for key in final_a:
+        assert torch.equal(final_a[key], final_b[key]), key
+
+
 def test_resume_continues_exactly(tmp_path, tiny_model_dir):
     config = load_config(make_config(tmp_path, tiny_model_dir, save_every=2, save_total_limit=20))
     straight = train(config, show_progress=False)
-
-    # The state a run killed right after its step-4 checkpoint leaves on disk.
-    killed = tmp_path / "killed"
-    shutil.copytree(straight, killed)
-    for later in sorted((killed / "checkpoints").glob("step-*"))[2:]:
-        shutil.rmtree(later)
-    shutil.rmtree(killed / "adapter")
-    resumed = train(None, resume_dir=killed, show_progress=False)
-
-    final_a = load_file(str(straight / "checkpoints" / "step-0000012" / "trainable.safetensors"))
-    final_b = load_file(str(resumed / "checkpoints" / "step-0000012" / "trainable.safetensors"))
-    for name in final_a:
-        assert torch.equal(final_a[name], final_b[name]), name
+    resumed = resume_after_checkpoint(straight, tmp_path / "killed", kept=2)  # killed after step 4
+    assert_same_trainable_weights(straight, resumed, step=12)
     a = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in b] == list(range(1, 13))

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from hone.cli import advise, chat, data, evaluate, models, train
+from hone.cli import advise, chat, data, evaluate, models, train, tune
 from hone.errors import HoneError
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app = typer.Typer(
 app.add_typer(models.app, name="models")
 app.add_typer(data.app, name="data")
 app.command("train")(train.train)
+app.command("tune")(tune.tune)
 app.command("eval")(evaluate.evaluate)
 app.command("chat")(chat.chat)
 app.command("advise")(advise.advise)

@@ -158,12 +158,14 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
-def load_model(name: str, dtype: torch.dtype | None = None, device: str = "cpu"):
-    """The causal language model for `name`, in `dtype` (default: float32), on `device`."""
+def load_model(name: str, dtype: torch.dtype | None = None, device: str = "cpu", quantization=None):
+    """The causal language model for `name`, in `dtype` (default: float32), on `device`; `quantization` is a
+    transformers quantization config (e.g. BitsAndBytesConfig) applied while loading."""
     from transformers import AutoModelForCausalLM
 
     _quiet_transformers()
     model = AutoModelForCausalLM.from_pretrained(
-        str(local_model_dir(name)), dtype=dtype or torch.float32, attn_implementation="sdpa"
+        str(local_model_dir(name)), dtype=dtype or torch.float32, attn_implementation="sdpa",
+        quantization_config=quantization,
     )
     return model.to(device)

@@ -60,9 +60,10 @@ class TrainingConfig(Section):
 
 class TrainConfig(Section):
     base_model: str = Field("smollm2-135m-instruct", description="Catalog name, HF folder or .gguf file.")
-    method: Literal["lora", "dora"] = Field("lora", description="lora, or dora: LoRA with the weight split "
-                                            "into magnitude and direction (PEFT use_dora), often closer to full "
-                                            "fine-tuning at low rank, ~1.5-2x slower per step.")
+    method: Literal["lora", "dora", "qlora"] = Field(
+        "lora", description="lora; dora: LoRA with the weight split into magnitude and direction (PEFT use_dora), "
+        "often closer to full fine-tuning at low rank, ~1.5-2x slower per step; or qlora: LoRA on a base "
+        "quantized to 4-bit NF4 (bitsandbytes): its linear weights take 1/4 of bf16's memory, steps are a bit slower.")
     data: DataConfig
     lora: LoraConfig = LoraConfig()
     training: TrainingConfig = TrainingConfig()

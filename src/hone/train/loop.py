@@ -11,6 +11,7 @@ import json
 import math
 import signal
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -85,8 +86,11 @@ class Trainer:
     """Runs one training run into `run_dir`; `fit()` starts or resumes it."""
 
     def __init__(self, config: TrainConfig, peft_model, data: TrainingData, run_dir: Path, pad_id: int,
-                 show_progress: bool = True, tracker: NullTracker | None = None):
+                 show_progress: bool = True, tracker: NullTracker | None = None,
+                 on_eval: Callable[[int, float], bool] | None = None):
         self.config, self.model, self.data, self.run_dir = config, peft_model, data, run_dir
+        self.on_eval = on_eval  # called with (step, eval loss) after each eval; True stops the run as pruned
+        self.pruned = False
         self.tracker = tracker or NullTracker()
         self.base = peft_model.get_base_model()
         self.pad_id = pad_id
@@ -167,7 +171,7 @@ class Trainer:
         return packed_target_token_nll(self.base, batch)[0].sum()
 
     def _maybe_eval(self, record: dict, last: bool) -> bool:
-        """Eval loss when due; returns True when early stopping says to stop."""
+        """Eval loss when due; returns True when early stopping or the on_eval hook says to stop."""
         t = self.config.training
         due = self.data.eval and (last or (t.eval_every and self.progress.global_step % t.eval_every == 0))
         if not due:
@@ -175,12 +179,18 @@ class Trainer:
         loss = eval_loss(self.base, self.data.eval, t.batch_size, self.pad_id)
         record["eval_loss"] = round(loss, 6)
         p = self.progress
-        if p.best_eval_loss is None or loss < p.best_eval_loss - 1e-4:
+        improved = p.best_eval_loss is None or loss < p.best_eval_loss - 1e-4
+        if improved:
             p.best_eval_loss, p.best_step, p.evals_without_improvement = loss, p.global_step, 0
             self.model.save_pretrained(self.run_dir / "adapter")  # the adapter kept is the best one
-            return False
-        p.evals_without_improvement += 1
-        return bool(t.early_stopping_patience and p.evals_without_improvement >= t.early_stopping_patience)
+        else:
+            p.evals_without_improvement += 1
+        # Stopping at the last step would cut nothing short, so the run counts as finished, not pruned.
+        if self.on_eval is not None and self.on_eval(p.global_step, loss) and not last:
+            self.pruned = True
+            return True
+        return bool(not improved and t.early_stopping_patience
+                    and p.evals_without_improvement >= t.early_stopping_patience)
 
     def fit(self) -> dict:
         """Train until the step budget, early stopping or a stop request; returns the final figures."""
@@ -221,5 +231,6 @@ class Trainer:
         bar.close()
         if not self.data.eval and not interrupted:
             self.model.save_pretrained(self.run_dir / "adapter")
-        return {"final_train_loss": last_loss, "stopped_early": stopped_early, "interrupted": interrupted,
-                "steps": p.global_step, "total_steps": self.total_steps}
+        return {"final_train_loss": last_loss, "stopped_early": stopped_early and not self.pruned,
+                "pruned": self.pruned, "interrupted": interrupted, "steps": p.global_step,
+                "total_steps": self.total_steps}

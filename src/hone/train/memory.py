@@ -20,6 +20,7 @@ ADAM_BYTES_PER_TRAINABLE = 4 + 4 + 8  # fp32 weight, its gradient, two Adam mome
 # 1,176 and 2,352 tokens per micro-batch: 4.81 / 8.50 GiB with fp32 weights, 3.30 / 5.68 GiB with bf16.
 ACTIVATION_VALUES, ACTIVATION_FP32_BYTES = 34, 32
 RUNTIME_BYTES = int(0.45 * GIB)
+NF4_BITS = 4.127  # 4-bit weights plus double-quantized scales per 64-weight block
 LOSS_CHUNK_TOKENS = 2048  # hone.models.scoring.target_token_nll's lm-head chunk
 
 
@@ -40,11 +41,21 @@ def _meta_model(config: TrainConfig, dtype: torch.dtype):
         return get_peft_model(model, lora), model_config
 
 
+def _qlora_frozen_bytes(model) -> int:
+    """Frozen weights under QLoRA: the decoder's linear layers in 4-bit NF4 with double-quantized block scales
+    (~4.13 bits a weight), everything else (embeddings, norms) upcast to float32 for training."""
+    quantized = {id(module.weight) for name, module in model.named_modules()
+                 if isinstance(module, torch.nn.Linear) and "lora_" not in name and not name.endswith("lm_head")}
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    return int(sum(p.numel() * (NF4_BITS / 8 if id(p) in quantized else 4) for p in frozen))
+
+
 def estimate_memory(config: TrainConfig, dtype: torch.dtype, batch_tokens: int) -> dict:
     """Bytes for frozen weights, trainable state, activations of the largest micro-batch (`batch_tokens`
     tokens including padding), the loss chunk and the runtime; and their total."""
     model, model_config = _meta_model(config, dtype)
-    frozen = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
+    frozen = _qlora_frozen_bytes(model) if config.method == "qlora" else sum(
+        p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     element = torch.tensor([], dtype=dtype).element_size()
     per_unit = ACTIVATION_VALUES * element + ACTIVATION_FP32_BYTES

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,11 +35,20 @@ def code_version() -> str:
 
 
 def build_lora_model(config: TrainConfig, dtype: torch.dtype):
-    """The frozen base in `dtype` with trainable LoRA (or DoRA) adapters, kept in float32, from PEFT."""
-    from peft import LoraConfig, get_peft_model
+    """The frozen base in `dtype` with trainable LoRA (or DoRA) adapters, kept in float32, from PEFT. For qlora
+    the base's linear layers are 4-bit NF4 (bitsandbytes) computing in `dtype`, and its other weights float32."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
 
-    base = load_model(config.base_model, dtype=dtype)
+    qlora = config.method == "qlora"
+    # The QLoRA recipe: NF4 suits normally distributed weights; double quantization also packs the block scales.
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=dtype) if qlora else None
+    base = load_model(config.base_model, dtype=dtype, quantization=quantization)
     base.config.use_cache = False
+    if qlora:
+        with peft_quietly():
+            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
                       target_modules=config.lora.target_modules, use_dora=config.method == "dora",
                       task_type="CAUSAL_LM")
@@ -69,8 +79,11 @@ def read_run_config(run_dir: Path) -> TrainConfig:
 
 
 def train(config: TrainConfig, *, config_path: Path | None = None, resume_dir: Path | None = None,
-          show_progress: bool = True) -> Path:
-    """Train `config` into a new run directory, or continue the run in `resume_dir`; returns the run dir."""
+          show_progress: bool = True, on_eval: Callable[[int, float], bool] | None = None) -> Path:
+    """Train `config` into a new run directory, or continue the run in `resume_dir`; returns the run dir.
+
+    `on_eval(step, eval_loss)` is called after each eval; returning True stops the run, marked as pruned.
+    """
     started = time.time()
     if resume_dir is not None:
         run_dir = Path(resume_dir)
@@ -89,7 +102,7 @@ def train(config: TrainConfig, *, config_path: Path | None = None, resume_dir: P
     model = build_lora_model(config, dtype)
     with start_tracking(config, run_dir, data) as tracker:
         trainer = Trainer(config, model, data, run_dir, pad_id=tokenizer.pad_token_id,
-                          show_progress=show_progress, tracker=tracker)
+                          show_progress=show_progress, tracker=tracker, on_eval=on_eval)
         if resume_dir is not None and not trainer.resume():
             raise HoneError(f"{run_dir}/checkpoints holds no checkpoint to resume from")
         outcome = trainer.fit()
@@ -140,6 +153,7 @@ def write_summary(run_dir: Path, config: TrainConfig, data: TrainingData, traine
         "best_eval_loss": p.best_eval_loss,
         "best_step": p.best_step,
         "stopped_early": outcome["stopped_early"],
+        "pruned": outcome["pruned"],
         "interrupted": outcome["interrupted"],
         "tokens": p.tokens,
         "train_seconds": round(p.train_seconds, 2),
