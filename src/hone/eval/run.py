@@ -24,8 +24,7 @@ from hone.eval.report import write_report
 from hone.eval.stats import is_binary, mcnemar, paired_bootstrap_ci
 from hone.eval.verdict import decide
 from hone.models import fingerprint, frozen_dtype, load_model, load_tokenizer
-from hone.models.finetuned import adapter_fingerprint, default_device, read_run_dir
-from hone.models.loading import peft_quietly
+from hone.models.finetuned import adapter_fingerprint, attach_adapter, default_device, read_run_dir
 from hone.models.scoring import example_perplexities
 
 MAX_NEW_TOKENS_CAP = 256
@@ -48,24 +47,10 @@ class LocalModels:
         attached: dict[Path, str] = {}  # candidates sharing an adapter (fine-tuned, fine-tuned+rag) share its copy
         for candidate, adapter_dir in adapters.items():
             if adapter_dir not in attached:
-                attached[adapter_dir] = self._attach(f"adapter{len(attached)}", adapter_dir, candidate)
+                attached[adapter_dir] = f"adapter{len(attached)}"
+                self.model = attach_adapter(self.model, adapter_dir, base, attached[adapter_dir])
             self.adapters[candidate] = attached[adapter_dir]
         self.model.eval()
-
-    def _attach(self, name: str, adapter_dir: Path, candidate: str) -> str:
-        from peft import PeftModel
-
-        try:
-            with peft_quietly():
-                if isinstance(self.model, PeftModel):
-                    self.model.load_adapter(str(adapter_dir), adapter_name=name, is_trainable=False)
-                else:
-                    self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name,
-                                                           is_trainable=False)
-        except (RuntimeError, ValueError, KeyError) as error:
-            raise HoneError(f"candidate '{candidate}': the adapter in {adapter_dir} does not fit base model "
-                            f"'{self.base}': {error}", hint="every adapter must be trained on the same base") from None
-        return name
 
     @contextmanager
     def use(self, adapter: str | None):

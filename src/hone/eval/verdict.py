@@ -20,11 +20,16 @@ def _gain(comparison: dict, direction: int) -> tuple[float, float, float]:
     return comparison["delta"], comparison["ci_low"], comparison["ci_high"]
 
 
+def _forgetting_change(forgetting: dict | None, candidate: str) -> dict | None:
+    """The candidate's probe changes against the base (candidates sharing an adapter share one entry)."""
+    if not forgetting:
+        return None
+    return forgetting["changes"].get(forgetting.get("measured_as", {}).get(candidate, candidate))
+
+
 def forgetting_problems(forgetting: dict | None, candidate: str) -> list[str]:
     """Why the candidate's general ability dropped beyond tolerance (empty when it did not)."""
-    if not forgetting:
-        return []
-    change = forgetting["changes"].get(forgetting.get("measured_as", {}).get(candidate, candidate))
+    change = _forgetting_change(forgetting, candidate)
     if not change:
         return []
     problems = []
@@ -112,8 +117,7 @@ def decide(report: dict, settings, candidates: list) -> dict:
 
 def _forgetting_held(forgetting: dict, candidate: str) -> tuple[str, str | None]:
     """The reason line for forgetting within tolerance, and a note when its CI reaches beyond the tolerance."""
-    change = forgetting["changes"].get(forgetting.get("measured_as", {}).get(candidate, candidate), {})
-    score = change.get(forgetting["metric"])
+    score = (_forgetting_change(forgetting, candidate) or {}).get(forgetting["metric"])
     if not score:
         return "general ability held within tolerance", None
     held = (f"general probe {forgetting['metric']} changed {score['delta']:+.1f} points (95% CI "

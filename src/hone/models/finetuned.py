@@ -90,13 +90,17 @@ def adapter_fingerprint(adapter_dir: Path) -> str:
     return sha256_file(Path(adapter_dir) / "adapter_model.safetensors")
 
 
-def attach_adapter(model, adapter_dir: Path, base: str):
-    """Wrap `model` with the PEFT LoRA adapter in `adapter_dir`, frozen for inference."""
+def attach_adapter(model, adapter_dir: Path, base: str, name: str = "default"):
+    """Wrap `model` with the PEFT LoRA adapter in `adapter_dir` under `name`, frozen for inference; a model
+    already wrapped gets it as one more adapter."""
     from peft import PeftModel
 
     try:
         with peft_quietly():
-            return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+            if isinstance(model, PeftModel):
+                model.load_adapter(str(adapter_dir), adapter_name=name, is_trainable=False)
+                return model
+            return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name, is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as error:
         raise HoneError(f"the adapter in {adapter_dir} does not fit base model '{base}': {error}",
                         hint="use the base model the adapter was trained on (base_model in the run's "

@@ -50,18 +50,26 @@ def collate(examples: list[RenderedExample], pad_id: int) -> Batch:
 
 def target_token_nll(model, batch: Batch, chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of the batch: summed cross-entropy of its target tokens, and how many there are."""
-    body, head = model.get_decoder(), model.get_output_embeddings()
-    hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    row_of = torch.arange(hidden.shape[0], device=hidden.device)[:, None].expand(batch.input_ids.shape)
+    return grouped_target_nll(model, hidden, batch, row_of, hidden.shape[0], chunk_size)
+
+
+def grouped_target_nll(model, hidden: torch.Tensor, batch, group: torch.Tensor, groups: int,
+                       chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """From the decoder's `hidden` states: summed cross-entropy of the batch's target tokens per group (a row,
+    or a packed example; `group` numbers each token), and each group's target count."""
     select = batch.trained[:, 1:]
     rows = hidden[:, :-1][select]
     targets = batch.input_ids[:, 1:][select]
-    row_of = select.nonzero()[:, 0]
-    per_row = hidden.new_zeros(select.shape[0], dtype=torch.float32)
+    group_of = group[:, 1:][select]
+    per_group = hidden.new_zeros(groups, dtype=torch.float32)
+    head = model.get_output_embeddings()
     for start in range(0, rows.shape[0], chunk_size):
         logits = head(rows[start:start + chunk_size]).float()
         losses = F.cross_entropy(logits, targets[start:start + chunk_size], reduction="none")
-        per_row = per_row.index_add(0, row_of[start:start + chunk_size], losses)
-    return per_row, select.sum(dim=1)
+        per_group = per_group.index_add(0, group_of[start:start + chunk_size], losses)
+    return per_group, torch.bincount(group_of, minlength=groups)
 
 
 @torch.no_grad()

@@ -11,12 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from hone.data.curate.documents import document_files
+from hone.data.curate.documents import document_files, text_passages
 from hone.errors import HoneError
 from hone.retrieval.embeddings import Embedder
-
-# A paragraph as its words, each with the 1-based line it is on.
-Words = list[tuple[int, str]]
 
 
 @dataclass
@@ -53,47 +50,8 @@ def _file_passages(path: Path, words_per_chunk: int, overlap_words: int) -> list
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise HoneError(f"{path} is not UTF-8 text ({error})", hint="convert it to UTF-8 or remove it") from error
-    chunks = _chunk_paragraphs(_paragraph_words(text), words_per_chunk, overlap_words)
-    return [Passage(text="\n\n".join(" ".join(word for _, word in paragraph) for paragraph in chunk),
-                    source=str(path), line=chunk[0][0][0]) for chunk in chunks]
-
-
-def _paragraph_words(text: str) -> list[Words]:
-    """Blank-line separated paragraphs of `text`, each as its words with their line numbers."""
-    paragraphs, current = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        words = line.split()
-        if words:
-            current.extend((number, word) for word in words)
-        elif current:
-            paragraphs.append(current)
-            current = []
-    if current:
-        paragraphs.append(current)
-    return paragraphs
-
-
-def _chunk_paragraphs(paragraphs: list[Words], words_per_chunk: int, overlap_words: int) -> list[list[Words]]:
-    """Chunks, each a list of (pieces of) paragraphs, holding at most `words_per_chunk` words."""
-    chunks, current, size = [], [], 0
-    for paragraph in paragraphs:
-        if current and size + len(paragraph) > words_per_chunk:
-            chunks.append(current)
-            current, size = [], 0
-        if len(paragraph) > words_per_chunk:
-            chunks.extend([window] for window in _windows(paragraph, words_per_chunk, overlap_words))
-        else:
-            current.append(paragraph)
-            size += len(paragraph)
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-def _windows(words: Words, size: int, overlap: int) -> list[Words]:
-    """Windows of `size` words, each starting `size - overlap` words after the previous one."""
-    # Stopping before len - overlap means the last window always adds at least one new word.
-    return [words[start:start + size] for start in range(0, len(words) - overlap, size - overlap)]
+    return [Passage(text=chunk, source=str(path), line=line)
+            for line, chunk in text_passages(text, words_per_chunk, overlap_words)]
 
 
 @dataclass

@@ -25,6 +25,11 @@ class DataConfig(Section):
     eval_fraction: float = Field(0.0, ge=0.0, lt=0.5, description="Share of train held out when no eval file.")
     max_length: int = Field(1024, ge=16, description="Examples longer than this (in tokens) are skipped.")
 
+    @property
+    def has_eval_set(self) -> bool:
+        """An eval file, a share of train held out, or a `hone data prepare` folder (it brings a val split)."""
+        return bool(self.eval or self.eval_fraction or is_dataset_dir(self.train))
+
 
 class LoraConfig(Section):
     r: int = Field(16, ge=1)
@@ -73,9 +78,7 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _check_eval(self) -> TrainConfig:
-        # A `hone data prepare` folder brings its own val split.
-        has_eval = self.data.eval or self.data.eval_fraction or is_dataset_dir(self.data.train)
-        if self.training.early_stopping_patience and not has_eval:
+        if self.training.early_stopping_patience and not self.data.has_eval_set:
             raise ValueError("training.early_stopping_patience needs data.eval, data.eval_fraction > 0, or a "
                              "dataset folder from `hone data prepare` as data.train")
         return self

@@ -18,10 +18,10 @@ import bisect
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from hone.data.render import RenderedExample
 from hone.errors import HoneError
+from hone.models.scoring import grouped_target_nll
 
 PADDING = -1  # example index of padding tokens
 
@@ -137,15 +137,5 @@ def packed_target_token_nll(model, batch: PackedBatch, chunk_size: int = 2048) -
     Same as `hone.models.scoring.target_token_nll`, but with positions restarting per example and the
     block-diagonal mask; the lm_head runs only on positions that predict a target, in chunks.
     """
-    hidden = packed_hidden_states(model, batch)
-    select = batch.trained[:, 1:]
-    rows = hidden[:, :-1][select]
-    targets = batch.input_ids[:, 1:][select]
-    example_of = batch.example_index[:, 1:][select]
-    per_example = hidden.new_zeros(batch.num_examples, dtype=torch.float32)
-    head = model.get_output_embeddings()
-    for start in range(0, rows.shape[0], chunk_size):
-        logits = head(rows[start:start + chunk_size]).float()
-        losses = F.cross_entropy(logits, targets[start:start + chunk_size], reduction="none")
-        per_example = per_example.index_add(0, example_of[start:start + chunk_size], losses)
-    return per_example, torch.bincount(example_of, minlength=batch.num_examples)
+    return grouped_target_nll(model, packed_hidden_states(model, batch), batch, batch.example_index,
+                              batch.num_examples, chunk_size)

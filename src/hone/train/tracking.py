@@ -181,18 +181,15 @@ class Tracker(NullTracker):
 
     def log_summary(self, summary: Mapping[str, Any]) -> None:
         """Record final figures: numbers as metrics at the last step, everything else (fingerprints) as tags."""
-        from mlflow.entities import Metric, RunTag
+        from mlflow.entities import Metric
 
-        self.flush()
+        self.flush()  # the step values go first, so the summary's value of a metric is its latest
         flat = {key: value for key, value in flatten(summary).items() if value is not None}
         timestamp = now_ms()
-        metrics = [Metric(key, float(value), timestamp, self._last_step)
-                   for key, value in flat.items() if is_number(value)]
-        tags = [RunTag(key, clip(str(value), MAX_TAG_CHARS)) for key, value in flat.items() if not is_number(value)]
-        for batch in chunks(metrics, MAX_BATCH_METRICS):
-            self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
-        for batch in chunks(tags, MAX_BATCH_PARAMS_TAGS):
-            self.client.log_batch(self.run_id, tags=batch, synchronous=True)
+        self._pending += [Metric(key, float(value), timestamp, self._last_step)
+                          for key, value in flat.items() if is_number(value)]
+        self.flush()
+        self._log_params_and_tags({}, {key: str(value) for key, value in flat.items() if not is_number(value)})
 
     def log_artifacts(self, folder: Path, artifact_path: str) -> None:
         """Copy every file under `folder` (e.g. RUN_DIR/adapter) into the run's artifacts at `artifact_path`."""

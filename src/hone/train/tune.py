@@ -12,7 +12,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
-from hone.data.versions import is_dataset_dir
 from hone.errors import HoneError
 from hone.settings import read_yaml_mapping, validate
 from hone.train.config import TrainConfig, dump_config, load_config
@@ -25,30 +24,26 @@ class _Param(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class FloatParam(_Param):
+class _RangeParam(_Param):
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check_range(self) -> _RangeParam:
+        if self.low >= self.high or (self.log and self.low <= 0):
+            raise ValueError("needs low < high (and low > 0 with log: true)")
+        return self
+
+
+class FloatParam(_RangeParam):
     type: Literal["float"]
     low: float
     high: float
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _check_range(self) -> FloatParam:
-        if self.low >= self.high or (self.log and self.low <= 0):
-            raise ValueError("needs low < high (and low > 0 with log: true)")
-        return self
 
 
-class IntParam(_Param):
+class IntParam(_RangeParam):
     type: Literal["int"]
     low: int
     high: int
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _check_range(self) -> IntParam:
-        if self.low >= self.high or (self.log and self.low <= 0):
-            raise ValueError("needs low < high (and low > 0 with log: true)")
-        return self
 
 
 class CategoricalParam(_Param):
@@ -152,7 +147,7 @@ def check_space(config_path: Path, overrides: list[str], space: dict[str, Param]
 
 def check_eval_set(config: TrainConfig) -> None:
     """Trials are compared on eval loss, so the config needs an eval set."""
-    if not (config.data.eval or config.data.eval_fraction or is_dataset_dir(config.data.train)):
+    if not config.data.has_eval_set:
         raise HoneError("hone tune compares trials on eval loss, but the config has no eval set",
                         hint="set data.eval, data.eval_fraction > 0, or use a `hone data prepare` folder as "
                         "data.train (e.g. --set data.eval_fraction=0.1)")
