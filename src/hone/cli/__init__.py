@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from hone.cli import advise, chat, data, evaluate, models, train, tune
+from hone.cli import advise, capture, chat, data, evaluate, index, keys, models, train, tune
 from hone.errors import HoneError
 
 app = typer.Typer(
@@ -22,6 +22,9 @@ app.command("tune")(tune.tune)
 app.command("eval")(evaluate.evaluate)
 app.command("chat")(chat.chat)
 app.command("advise")(advise.advise)
+app.add_typer(keys.app, name="keys")
+app.add_typer(capture.app, name="capture")
+app.add_typer(index.app, name="index")
 
 
 def main() -> None:

@@ -1,0 +1,52 @@
+"""`hone capture export|stats`: captured traffic and feedback, as training data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from hone.cli.output import console, emit_json
+from hone.serve.capture import CaptureStore
+
+app = typer.Typer(help="Requests and answers captured by `hone serve` (PII masked), with user feedback.",
+                  no_args_is_help=True)
+
+DbOption = Annotated[str | None, typer.Option("--db", help="Database URL (default: $HONE_DATABASE_URL, else "
+                                              "sqlite:///$HONE_HOME/hone.db).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+
+@app.command("export")
+def export(
+    out: Annotated[Path, typer.Argument(help="JSONL file to write (OpenAI chat format).")],
+    model: Annotated[str | None, typer.Option(help="Only traffic served by this model or adapter name.")] = None,
+    min_rating: Annotated[int | None, typer.Option(help="Only responses rated at least this.")] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Write captured conversations as chat JSONL, using corrected answers where users gave them."""
+    written = CaptureStore(db).export(out, min_rating=min_rating, model=model)
+    if as_json:
+        emit_json({"out": str(out), "examples": written, "model": model, "min_rating": min_rating})
+        return
+    console.print(f"wrote {written} conversations to {out}")
+    if written:
+        console.print(f"check them with `hone data validate {out}`, then train on them")
+
+
+@app.command("stats")
+def stats(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """How much traffic and feedback has been captured, per model."""
+    figures = CaptureStore(db).stats()
+    if as_json:
+        emit_json(figures)
+        return
+    table = Table("model", "captured", title="captured traffic")
+    for name, count in figures["per_model"].items():
+        table.add_row(name, str(count))
+    console.print(table)
+    for key in ("captured", "with_feedback", "ratings", "mean_rating", "corrections", "first", "last"):
+        console.print(f"[bold]{key.replace('_', ' ')}[/bold]: {figures[key]}")
