@@ -1,4 +1,4 @@
-"""`hone train CONFIG.yaml [--set key=value ...] [--dry-run] [--resume RUN_DIR]`."""
+"""`hone train CONFIG.yaml [--set key=value ...] [--dry-run] [--resume RUN_DIR] [--nproc N]`."""
 
 from __future__ import annotations
 
@@ -20,13 +20,18 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show trained tokens, counts and time estimate."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this run directory."),
     no_estimate: bool = typer.Option(False, "--no-estimate", help="With --dry-run: skip the timed step."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Train in N processes on this machine, data parallel "
+                              "(gloo on CPU, nccl with one GPU each); same global batch, same run."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Fine-tune a base model; prints the run directory."""
+    from hone.train.distributed import is_main
     from hone.train.run import train as run_training
 
     if config is None and resume is None:
         raise HoneError("give a config file, or --resume RUN_DIR to continue a run")
+    if nproc > 1 and not dry_run:
+        raise typer.Exit(_launch(nproc, config, set_, resume, as_json))
     if resume is not None:
         run_dir = run_training(None, resume_dir=resume, show_progress=not as_json)
     else:
@@ -38,6 +43,8 @@ def train(
             emit_json(report) if as_json else _print_plan(report)
             return
         run_dir = run_training(settings, config_path=config, show_progress=not as_json)
+    if not is_main():
+        return  # rank 0 reports the run
     summary = json.loads((run_dir / "summary.json").read_text())
     if as_json:
         emit_json(summary)
@@ -48,6 +55,17 @@ def train(
     if summary["interrupted"]:
         console.print(f"interrupted: continue with `hone train --resume {run_dir}`")
     print(run_dir)
+
+
+def _launch(nproc: int, config: Path | None, set_: list[str], resume: Path | None, as_json: bool) -> int:
+    """Start `hone train` in `nproc` local processes; the config is checked here first, before any starts."""
+    from hone.train.distributed import Distributed, launch_local
+    from hone.train.run import read_run_config
+
+    settings = read_run_config(resume) if resume is not None else load_config(config, set_)
+    Distributed(world_size=nproc).check_batches(settings.training.batch_size, {})
+    args = ["--resume", str(resume)] if resume is not None else [str(config), *(f"--set={item}" for item in set_)]
+    return launch_local(nproc, ["train", *args, *(["--json"] if as_json else [])])
 
 
 def _print_plan(report: dict) -> None:

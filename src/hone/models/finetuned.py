@@ -73,8 +73,18 @@ def _run_base_model(run_dir: Path) -> str:
     return base
 
 
+def full_model_dir(run_dir: str | Path) -> Path | None:
+    """RUN_DIR/model of a full fine-tune (a whole Hugging Face model), or None for adapter runs."""
+    folder = Path(run_dir).expanduser() / "model"
+    return folder if (folder / "config.json").is_file() else None
+
+
 def _adapter_dir(run_dir: Path) -> Path:
     adapter = run_dir / "adapter"
+    if not adapter.is_dir() and full_model_dir(run_dir):
+        raise HoneError(f"{run_dir} is a full fine-tune: it holds a whole model in {run_dir / 'model'}, not an "
+                        "adapter to put on a base", hint=f"use {run_dir / 'model'} wherever a base model name is "
+                        "taken (e.g. as the eval base, or `hone chat --model`)")
     missing = [name for name in ADAPTER_FILES if not (adapter / name).is_file()]
     if missing:
         raise HoneError(
@@ -121,6 +131,8 @@ def load_for_inference(name_or_run_dir: str | Path, dtype: torch.dtype | None = 
     """
     device = device or default_device()
     dtype = dtype or frozen_dtype(device)
+    if is_run_dir(name_or_run_dir) and (whole := full_model_dir(name_or_run_dir)):
+        name_or_run_dir = whole  # a full fine-tune loads like any model folder
     run = read_run_dir(name_or_run_dir) if is_run_dir(name_or_run_dir) else None
     base = run.base if run else str(name_or_run_dir)
     model = load_model(base, dtype=dtype, device=device)

@@ -48,23 +48,33 @@ def collate(examples: list[RenderedExample], pad_id: int) -> Batch:
     return Batch(input_ids=ids, attention_mask=mask, trained=trained)
 
 
-def target_token_nll(model, batch: Batch, chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+def target_token_nll(model, batch: Batch, chunk_size: int = 2048,
+                     chunked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of the batch: summed cross-entropy of its target tokens, and how many there are."""
     hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
     row_of = torch.arange(hidden.shape[0], device=hidden.device)[:, None].expand(batch.input_ids.shape)
-    return grouped_target_nll(model, hidden, batch, row_of, hidden.shape[0], chunk_size)
+    return grouped_target_nll(model, hidden, batch, row_of, hidden.shape[0], chunk_size, chunked)
 
 
 def grouped_target_nll(model, hidden: torch.Tensor, batch, group: torch.Tensor, groups: int,
-                       chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+                       chunk_size: int = 2048, chunked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """From the decoder's `hidden` states: summed cross-entropy of the batch's target tokens per group (a row,
-    or a packed example; `group` numbers each token), and each group's target count."""
+    or a packed example; `group` numbers each token), and each group's target count.
+
+    `chunked=False` is the standard way, kept to measure against: the lm_head runs on every position and
+    the full logits tensor is built before the target positions are picked out.
+    """
     select = batch.trained[:, 1:]
-    rows = hidden[:, :-1][select]
     targets = batch.input_ids[:, 1:][select]
     group_of = group[:, 1:][select]
-    per_group = hidden.new_zeros(groups, dtype=torch.float32)
     head = model.get_output_embeddings()
+    if not chunked:
+        logits = head(hidden[:, :-1]).float()[select]
+        losses = F.cross_entropy(logits, targets, reduction="none")
+        return hidden.new_zeros(groups, dtype=torch.float32).index_add(0, group_of, losses), torch.bincount(
+            group_of, minlength=groups)
+    rows = hidden[:, :-1][select]
+    per_group = hidden.new_zeros(groups, dtype=torch.float32)
     for start in range(0, rows.shape[0], chunk_size):
         logits = head(rows[start:start + chunk_size]).float()
         losses = F.cross_entropy(logits, targets[start:start + chunk_size], reduction="none")

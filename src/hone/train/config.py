@@ -38,6 +38,10 @@ class LoraConfig(Section):
     target_modules: str | list[str] = Field("all-linear", description="'all-linear' or module names.")
 
 
+class DpoConfig(Section):
+    beta: float = Field(0.1, gt=0, description="How far the policy may move from the reference (higher: less).")
+
+
 class TrainingConfig(Section):
     epochs: float = Field(1, gt=0)
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
@@ -54,24 +58,36 @@ class TrainingConfig(Section):
     packing: bool = Field(False, description="Pack several examples into each row of data.max_length tokens; "
                           "each token attends only within its own example and positions restart, so no padding "
                           "is computed over.")
-    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="dtype of the frozen weights.")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="dtype of the frozen weights (for "
+                                                     "method full: of the compute, the weights staying float32).")
+    chunked_loss: bool = Field(True, description="Run the lm_head and cross-entropy only on target tokens, in "
+                               "chunks, so the full batch x sequence x vocabulary logits are never built.")
+    compile: bool = Field(False, description="torch.compile the decoder: faster steps once compiled, but the first "
+                          "steps (and each new sequence length) pay the compile time.")
     eval_every: int | None = Field(None, ge=1, description="Eval loss every N optimizer steps (and at the end).")
     early_stopping_patience: int | None = Field(None, ge=1, description="Evals without improvement to stop.")
     save_every: int | None = Field(None, ge=1, description="Checkpoint every N optimizer steps (+ every epoch).")
     save_total_limit: int = Field(2, ge=1, description="Newest checkpoints kept on disk.")
     log_every: int = Field(1, ge=1)
     seed: int = 42
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="With several processes (--nproc, torchrun): ddp keeps a whole model on each and sums "
+        "gradients; fsdp (lora/dora) also shards the frozen base weights across them, for bases too big for one GPU.")
 
 
 class TrainConfig(Section):
     base_model: str = Field("smollm2-135m-instruct", description="Catalog name, HF folder or .gguf file.")
-    method: Literal["lora", "dora", "qlora"] = Field(
+    method: Literal["lora", "dora", "qlora", "full", "dpo"] = Field(
         "lora", description="lora; dora: LoRA with the weight split into magnitude and direction (PEFT use_dora), "
-        "often closer to full fine-tuning at low rank, ~1.5-2x slower per step; or qlora: LoRA on a base "
-        "quantized to 4-bit NF4 (bitsandbytes): its linear weights take 1/4 of bf16's memory, steps are a bit slower.")
+        "often closer to full fine-tuning at low rank, ~1.5-2x slower per step; qlora: LoRA on a base "
+        "quantized to 4-bit NF4 (bitsandbytes): its linear weights take 1/4 of bf16's memory, steps are a bit "
+        "slower; full: every weight trained (float32 weights and Adam state: ~16 bytes a parameter), the run "
+        "writes a whole model; or dpo: a LoRA adapter trained on preference pairs (OpenAI DPO format) against "
+        "the frozen base as the reference.")
     data: DataConfig
     lora: LoraConfig = LoraConfig()
     training: TrainingConfig = TrainingConfig()
+    dpo: DpoConfig = DpoConfig()
     tracking: TrackingConfig = TrackingConfig()
     output_dir: Path = Path("runs")
     run_name: str | None = None
@@ -81,6 +97,9 @@ class TrainConfig(Section):
         if self.training.early_stopping_patience and not self.data.has_eval_set:
             raise ValueError("training.early_stopping_patience needs data.eval, data.eval_fraction > 0, or a "
                              "dataset folder from `hone data prepare` as data.train")
+        if self.method == "dpo" and self.training.packing:
+            raise ValueError("training.packing does not apply to method dpo: each preference pair is scored as "
+                             "two whole sequences; set training.packing: false")
         return self
 
 

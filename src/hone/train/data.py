@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hone.data.formats import load_chat_examples
+from hone.data.formats import load_chat_examples, load_preference_examples
 from hone.data.render import RenderedExample, render_chat
 from hone.data.versions import is_dataset_dir, read_manifest
 from hone.errors import HoneError
@@ -16,10 +16,10 @@ from hone.train.config import TrainConfig
 
 @dataclass
 class TrainingData:
-    """Tokenized train/eval examples plus what was skipped and why."""
+    """Tokenized train/eval examples (for DPO: preference pairs) plus what was skipped and why."""
 
-    train: list[RenderedExample]
-    eval: list[RenderedExample]
+    train: list
+    eval: list
     fingerprint: str
     skipped: dict[str, int] = field(default_factory=dict)
     dataset_id: str | None = None  # set when training on a `hone data prepare` dataset folder
@@ -38,13 +38,26 @@ def dataset_fingerprint(paths: list[Path], config: TrainConfig) -> str:
     return digest.hexdigest()
 
 
-def _render_all(tokenizer, path: Path, max_length: int, skipped: dict[str, int]) -> list[RenderedExample]:
+def _rendered(tokenizer, path: Path, preferences: bool) -> list:
+    """Conversations as `RenderedExample`s, or (for DPO) preference pairs as `PreferencePair`s."""
+    if preferences:
+        from hone.train.dpo import render_pair
+
+        return [render_pair(tokenizer, pair) for pair in load_preference_examples(path)]
+    return [render_chat(tokenizer, example.messages) for example in load_chat_examples(path)]
+
+
+def _sequences(item) -> list[RenderedExample]:
+    return [item.chosen, item.rejected] if hasattr(item, "chosen") else [item]
+
+
+def _render_all(tokenizer, path: Path, max_length: int, skipped: dict[str, int], preferences: bool) -> list:
     rendered = []
-    for example in load_chat_examples(path):
-        item = render_chat(tokenizer, example.messages)
-        if len(item) > max_length:
+    for item in _rendered(tokenizer, path, preferences):
+        sequences = _sequences(item)
+        if any(len(sequence) > max_length for sequence in sequences):
             skipped["longer_than_max_length"] = skipped.get("longer_than_max_length", 0) + 1
-        elif sum(item.trained[1:]) == 0:
+        elif any(sum(sequence.trained[1:]) == 0 for sequence in sequences):
             skipped["no_trained_tokens"] = skipped.get("no_trained_tokens", 0) + 1
         else:
             rendered.append(item)
@@ -68,10 +81,11 @@ def load_training_data(config: TrainConfig, tokenizer) -> TrainingData:
     """Render every example once; too-long examples are skipped and counted, never silently cut."""
     dataset_id = use_dataset_dir(config)
     skipped: dict[str, int] = {}
-    train = _render_all(tokenizer, config.data.train, config.data.max_length, skipped)
+    preferences = config.method == "dpo"
+    train = _render_all(tokenizer, config.data.train, config.data.max_length, skipped, preferences)
     paths = [config.data.train]
     if config.data.eval is not None:
-        evaluation = _render_all(tokenizer, config.data.eval, config.data.max_length, skipped)
+        evaluation = _render_all(tokenizer, config.data.eval, config.data.max_length, skipped, preferences)
         paths.append(config.data.eval)
     elif config.data.eval_fraction > 0:
         order = list(range(len(train)))

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from hone.models import frozen_dtype, load_tokenizer
-from hone.train.batching import collate, epoch_batches
+from hone.train.batching import epoch_batches
 from hone.train.config import TrainConfig
 from hone.train.data import load_training_data
 from hone.train.loop import total_optimizer_steps
-from hone.train.loss import trained_token_loss
 from hone.train.memory import memory_plan
 from hone.train.packing import pack_examples, packing_efficiency
 
@@ -28,32 +29,32 @@ def marked_segments(tokenizer, input_ids: list[int], trained: list[bool]) -> lis
 
 
 def time_one_step(config: TrainConfig, data, pad_id: int) -> float:
-    """Seconds for one forward+backward on the longest micro-batch of the first epoch."""
-    from hone.train.run import build_lora_model
+    """Tokens/s of one forward+backward on the longest micro-batch of the first epoch, in the run's own loop."""
+    from hone.train.run import build_model, make_trainer
 
-    model = build_lora_model(config, frozen_dtype("cpu", config.training.precision))
-    base = model.get_base_model()
-    lengths = [len(e) for e in data.train]
-    batches = epoch_batches(lengths, config.training.batch_size, config.training.seed, 0,
-                            config.training.group_by_length)
-    batch = collate([data.train[i] for i in max(batches, key=lambda b: sum(lengths[i] for i in b))], pad_id)
-    loss, n = trained_token_loss(base, batch)  # warm-up pass
-    (loss / max(n, 1)).backward()
-    started = time.perf_counter()
-    loss, n = trained_token_loss(base, batch)
-    (loss / max(n, 1)).backward()
-    seconds = time.perf_counter() - started
-    tokens_per_s = batch.num_tokens / seconds
-    del model
+    model = build_model(config, frozen_dtype("cpu", config.training.precision))
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = make_trainer(config, model, data, Path(folder), pad_id, show_progress=False)
+        lengths = trainer.unit_lengths
+        batches = epoch_batches(lengths, config.training.batch_size, config.training.seed, 0,
+                                config.training.group_by_length)
+        batch = trainer._collate(max(batches, key=lambda b: sum(lengths[i] for i in b)))
+        for _ in range(2):  # a warm-up pass, then the measured one
+            started = time.perf_counter()
+            with trainer._autocast():
+                loss = trainer._loss(batch)
+            (loss / max(batch.num_trained, 1)).backward()
+        seconds = time.perf_counter() - started
+    del model, trainer
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    return tokens_per_s
+    return batch.num_tokens / seconds
 
 
 def dry_run(config: TrainConfig, measure: bool = True) -> dict:
     """Token counts, one example with its trained tokens, the memory estimate and the time per epoch."""
     tokenizer = load_tokenizer(config.base_model)
     data = load_training_data(config, tokenizer)
-    example = data.train[0]
+    example = getattr(data.train[0], "chosen", data.train[0])  # for DPO, the pair's preferred sequence
     lengths = [len(e) for e in data.train]
     rows = pack_examples(lengths, config.data.max_length) if config.training.packing else None
     steps, per_epoch = total_optimizer_steps(config, len(rows) if rows else len(lengths))

@@ -12,16 +12,18 @@ import math
 import signal
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from hone.models import frozen_dtype
 from hone.train.batching import collate, epoch_batches
 from hone.train.checkpoint import Progress, latest_checkpoint, load_checkpoint, save_checkpoint
 from hone.train.config import TrainConfig
 from hone.train.data import TrainingData
+from hone.train.distributed import Distributed
 from hone.train.loss import trained_token_loss
 from hone.train.packing import collate_packed, pack_examples, packed_target_token_nll
 from hone.train.tracking import NullTracker
@@ -53,15 +55,18 @@ def total_optimizer_steps(config: TrainConfig, num_examples: int) -> tuple[int, 
 
 
 @torch.no_grad()
-def eval_loss(base_model, examples, batch_size: int, pad_id: int) -> float:
-    """Mean cross-entropy per trained token over the eval examples."""
+def eval_loss(base_model, examples, batch_size: int, pad_id: int, dist: Distributed | None = None) -> float:
+    """Mean cross-entropy per trained token over the eval examples (each batch split across `dist`'s ranks)."""
+    dist = dist or Distributed()
     was_training = base_model.training
     base_model.eval()
     total, count = 0.0, 0
     lengths = [len(e) for e in examples]
     for indices in epoch_batches(lengths, batch_size, seed=0, epoch=0):
-        loss, n = trained_token_loss(base_model, collate([examples[i] for i in indices], pad_id))
-        total, count = total + float(loss), count + n
+        if mine := dist.shard(indices):
+            loss, n = trained_token_loss(base_model, dist.to_device(collate([examples[i] for i in mine], pad_id)))
+            total, count = total + float(loss), count + n
+    total, count = dist.all_sum(total, count)
     base_model.train(was_training)
     return total / max(1, count)
 
@@ -92,15 +97,20 @@ class Trainer:
         self.on_eval = on_eval  # called with (step, eval loss) after each eval; True stops the run as pruned
         self.pruned = False
         self.tracker = tracker or NullTracker()
-        self.base = peft_model.get_base_model()
+        # The transformers model under the adapter (for method full, the trained model itself).
+        self.base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
+        self.weights_folder = "model" if config.method == "full" else "adapter"
         self.pad_id = pad_id
         self.show_progress = show_progress
+        self.dist = Distributed.from_env()  # this process's share of a multi-process run (a world of one: all)
         self.lengths = [len(e) for e in data.train]
         t = config.training
         # The units batches are drawn from: examples, or rows of packed examples.
         self.rows = pack_examples(self.lengths, config.data.max_length) if t.packing else None
         self.unit_lengths = [sum(self.lengths[i] for i in row) for row in self.rows] if t.packing else self.lengths
         self.total_steps, self.batches_per_epoch = total_optimizer_steps(config, len(self.unit_lengths))
+        self.dist.check_batches(t.batch_size, {"the training data": len(self.unit_lengths),
+                                               "the eval data": len(data.eval)}, fsdp=t.distributed == "fsdp")
         params = [p for p in peft_model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
         warmup = int(t.warmup_ratio * self.total_steps)
@@ -121,7 +131,7 @@ class Trainer:
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric lines logged after the checkpoint, so a resumed run's log has no repeats."""
-        if self.metrics_path.is_file():
+        if self.dist.is_main and self.metrics_path.is_file():
             kept = [line for line in self.metrics_path.read_text().splitlines()
                     if line and json.loads(line)["step"] <= step]
             self.metrics_path.write_text("".join(line + "\n" for line in kept))
@@ -137,19 +147,25 @@ class Trainer:
             epoch, start = epoch + 1, 0
 
     def _log(self, record: dict) -> None:
+        if not self.dist.is_main:
+            return
         with open(self.metrics_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         self.tracker.log_step({k: v for k, v in record.items() if k != "step"}, record["step"])
 
     def _optimizer_step(self, group) -> tuple[float, int]:
         """One optimizer step over a group of micro-batches; returns (mean loss per token, tokens)."""
-        batches = [self._collate(indices) for _, _, indices in group]
-        targets = sum(b.num_trained for b in batches)
+        shares = [self.dist.shard(indices) for _, _, indices in group]  # this rank's part of each micro-batch
+        batches = [self.dist.to_device(self._collate(units)) for units in shares if units]
+        (targets,) = self.dist.all_sum(sum(b.num_trained for b in batches))  # the group's count on every rank
         loss_sum, tokens = 0.0, 0
         for batch in batches:
-            loss = self._loss(batch)
+            with self._autocast():
+                loss = self._loss(batch)
             (loss / max(1, targets)).backward()  # every target token weighs the same across the group
             loss_sum, tokens = loss_sum + float(loss.detach()), tokens + batch.num_tokens
+        self.dist.sum_gradients(self.model)
+        loss_sum, tokens = self.dist.all_sum(loss_sum, tokens)
         if self.config.training.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(
                 [p for p in self.model.parameters() if p.requires_grad], self.config.training.max_grad_norm)
@@ -166,9 +182,32 @@ class Trainer:
 
     def _loss(self, batch) -> torch.Tensor:
         """Summed cross-entropy over the micro-batch's target tokens."""
+        chunked = self.config.training.chunked_loss
         if self.rows is None:
-            return trained_token_loss(self.base, batch)[0]
-        return packed_target_token_nll(self.base, batch)[0].sum()
+            return trained_token_loss(self.base, batch, chunked=chunked)[0]
+        return packed_target_token_nll(self.base, batch, chunked=chunked)[0].sum()
+
+    def _autocast(self):
+        """bf16 compute for method full, whose trained weights stay float32; other methods already hold the
+        frozen weights in the chosen dtype."""
+        if self.config.method == "full" and frozen_dtype("cpu", self.config.training.precision) == torch.bfloat16:
+            return torch.autocast(self.base.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def step_metrics(self) -> dict:
+        """Extra figures logged with each optimizer step (DPO adds its rewards)."""
+        return {}
+
+    def eval_metrics(self) -> dict:
+        """Eval figures; `eval_loss` decides the best checkpoint and early stopping."""
+        with self._autocast():
+            return {"eval_loss": eval_loss(self.base, self.data.eval, self.config.training.batch_size, self.pad_id,
+                                           self.dist)}
+
+    def save_weights(self) -> None:
+        """The adapter (or, for method full, the whole model) into RUN_DIR/adapter (or RUN_DIR/model)."""
+        if self.dist.is_main:
+            self.model.save_pretrained(self.run_dir / self.weights_folder)
 
     def _maybe_eval(self, record: dict, last: bool) -> bool:
         """Eval loss when due; returns True when early stopping or the on_eval hook says to stop."""
@@ -176,13 +215,14 @@ class Trainer:
         due = self.data.eval and (last or (t.eval_every and self.progress.global_step % t.eval_every == 0))
         if not due:
             return False
-        loss = eval_loss(self.base, self.data.eval, t.batch_size, self.pad_id)
-        record["eval_loss"] = round(loss, 6)
+        metrics = self.eval_metrics()
+        loss = metrics["eval_loss"]
+        record.update({name: round(value, 6) for name, value in metrics.items()})
         p = self.progress
         improved = p.best_eval_loss is None or loss < p.best_eval_loss - 1e-4
         if improved:
             p.best_eval_loss, p.best_step, p.evals_without_improvement = loss, p.global_step, 0
-            self.model.save_pretrained(self.run_dir / "adapter")  # the adapter kept is the best one
+            self.save_weights()  # the weights kept are the best ones
         else:
             p.evals_without_improvement += 1
         # Stopping at the last step would cut nothing short, so the run counts as finished, not pruned.
@@ -215,14 +255,17 @@ class Trainer:
                 last = p.global_step == self.total_steps
                 record = {"step": p.global_step, "epoch": round(p.epoch + p.batch_in_epoch / self.batches_per_epoch, 4),
                           "train_loss": round(last_loss, 6), "lr": self.scheduler.get_last_lr()[0],
-                          "tokens": p.tokens, "tokens_per_s": round(p.tokens / max(p.train_seconds, 1e-9), 1)}
+                          "tokens": p.tokens, "tokens_per_s": round(p.tokens / max(p.train_seconds, 1e-9), 1),
+                          **self.step_metrics()}
                 stopped_early = self._maybe_eval(record, last)
                 if "eval_loss" in record or p.global_step % t.log_every == 0 or last:
                     self._log(record)
                 bar.update(1)
                 bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}",
                                 epoch=f"{record['epoch']:.2f}")
-                if (t.save_every and p.global_step % t.save_every == 0) or p.epoch > epoch_before or stop["stop"]:
+                stop["stop"] = self.dist.any(stop["stop"])  # every rank stops after the same step
+                checkpoint_due = (t.save_every and p.global_step % t.save_every == 0) or p.epoch > epoch_before
+                if self.dist.is_main and (checkpoint_due or stop["stop"]):
                     save_checkpoint(self.checkpoints, self.model, self.optimizer, self.scheduler, p,
                                     keep=t.save_total_limit)
                 if stopped_early or stop["stop"]:
@@ -230,7 +273,7 @@ class Trainer:
                     break
         bar.close()
         if not self.data.eval and not interrupted:
-            self.model.save_pretrained(self.run_dir / "adapter")
+            self.save_weights()
         return {"final_train_loss": last_loss, "stopped_early": stopped_early and not self.pruned,
                 "pruned": self.pruned, "interrupted": interrupted, "steps": p.global_step,
                 "total_steps": self.total_steps}

@@ -34,7 +34,10 @@ def _meta_model(config: TrainConfig, dtype: torch.dtype):
 
     model_config = AutoConfig.from_pretrained(str(local_model_dir(config.base_model)))
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(model_config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32 if config.method == "full"
+                                                 else dtype)
+    if config.method == "full":
+        return model.requires_grad_(True), model_config
     lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, target_modules=config.lora.target_modules,
                       use_dora=config.method == "dora", task_type="CAUSAL_LM")
     with peft_quietly():

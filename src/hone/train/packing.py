@@ -131,11 +131,12 @@ def packed_hidden_states(model, batch: PackedBatch) -> torch.Tensor:
                                position_ids=batch.position_ids).last_hidden_state
 
 
-def packed_target_token_nll(model, batch: PackedBatch, chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+def packed_target_token_nll(model, batch: PackedBatch, chunk_size: int = 2048,
+                            chunked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Per example of the batch (in `example_index` order): summed cross-entropy of its targets, and their count.
 
     Same as `hone.models.scoring.target_token_nll`, but with positions restarting per example and the
     block-diagonal mask; the lm_head runs only on positions that predict a target, in chunks.
     """
     return grouped_target_nll(model, packed_hidden_states(model, batch), batch, batch.example_index,
-                              batch.num_examples, chunk_size)
+                              batch.num_examples, chunk_size, chunked)

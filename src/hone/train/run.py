@@ -19,9 +19,10 @@ from hone.models import fingerprint, frozen_dtype, load_model, load_tokenizer, l
 from hone.models.loading import peft_quietly
 from hone.train.config import TrainConfig, dump_config, parse_config
 from hone.train.data import TrainingData, load_training_data
+from hone.train.distributed import Distributed
 from hone.train.loop import Trainer
 from hone.train.memory import memory_plan
-from hone.train.tracking import Tracker
+from hone.train.tracking import NullTracker, Tracker
 
 
 def code_version() -> str:
@@ -60,6 +61,30 @@ def build_lora_model(config: TrainConfig, dtype: torch.dtype):
                         hint="use 'all-linear' or names of linear layers such as q_proj, v_proj") from None
 
 
+def build_model(config: TrainConfig, dtype: torch.dtype):
+    """The model the run trains: for method full the whole base (float32 weights, compute in `dtype` under
+    autocast), else the frozen base with an adapter. With training.compile the decoder is compiled."""
+    if config.method == "full":
+        model = load_model(config.base_model, dtype=torch.float32)
+        model.config.use_cache = False
+        model.requires_grad_(True)
+    else:
+        model = build_lora_model(config, dtype)
+    if config.training.compile:
+        # Dynamic shapes: batches differ in length, and a recompile per length would cost more than it saves.
+        model.get_decoder().compile(dynamic=True)
+    return model
+
+
+def make_trainer(config: TrainConfig, model, data: TrainingData, run_dir: Path, pad_id: int, **options) -> Trainer:
+    """The loop for the run's method: supervised, or DPO on preference pairs."""
+    if config.method == "dpo":
+        from hone.train.dpo import DPOTrainer
+
+        return DPOTrainer(config, model, data, run_dir, pad_id=pad_id, **options)
+    return Trainer(config, model, data, run_dir, pad_id=pad_id, **options)
+
+
 def new_run_dir(config: TrainConfig, config_path: Path | None) -> Path:
     stem = config.run_name or (config_path.stem if config_path else "run")
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -67,6 +92,14 @@ def new_run_dir(config: TrainConfig, config_path: Path | None) -> Path:
     suffix = 1
     while run_dir.exists():
         run_dir, suffix = Path(config.output_dir) / f"{stem}-{stamp}-{suffix}", suffix + 1
+    return run_dir
+
+
+def create_run_dir(config: TrainConfig, config_path: Path | None) -> Path:
+    """A new run directory holding the fully resolved config."""
+    run_dir = new_run_dir(config, config_path)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(dump_config(config))
     return run_dir
 
 
@@ -85,34 +118,36 @@ def train(config: TrainConfig, *, config_path: Path | None = None, resume_dir: P
     `on_eval(step, eval_loss)` is called after each eval; returning True stops the run, marked as pruned.
     """
     started = time.time()
+    dist = Distributed.from_env()
     if resume_dir is not None:
         run_dir = Path(resume_dir)
         config = read_run_config(run_dir)
     else:
-        run_dir = new_run_dir(config, config_path)
-        run_dir.mkdir(parents=True)
-        (run_dir / "config.yaml").write_text(dump_config(config))
+        run_dir = dist.on_main(lambda: create_run_dir(config, config_path))  # one run directory for all ranks
     torch.manual_seed(config.training.seed)
     tokenizer = load_tokenizer(config.base_model)
     data = load_training_data(config, tokenizer)
     memory = memory_plan(config, max(len(example) for example in data.train))
-    if memory["warning"]:
+    if memory["warning"] and dist.is_main:
         print(f"warning: {memory['warning']}", file=sys.stderr)
-    dtype = frozen_dtype("cpu", config.training.precision)
-    model = build_lora_model(config, dtype)
-    with start_tracking(config, run_dir, data) as tracker:
-        trainer = Trainer(config, model, data, run_dir, pad_id=tokenizer.pad_token_id,
-                          show_progress=show_progress, tracker=tracker, on_eval=on_eval)
+    dtype = frozen_dtype(dist.device.type, config.training.precision)
+    model = dist.prepare_model(build_model(config, dtype), config)
+    with start_tracking(config, run_dir, data) if dist.is_main else NullTracker() as tracker:
+        trainer = make_trainer(config, model, data, run_dir, tokenizer.pad_token_id,
+                               show_progress=show_progress and dist.is_main, tracker=tracker, on_eval=on_eval)
         if resume_dir is not None and not trainer.resume():
             raise HoneError(f"{run_dir}/checkpoints holds no checkpoint to resume from")
         outcome = trainer.fit()
-        tokenizer.save_pretrained(run_dir / "adapter")  # the adapter folder then also serves chat as-is
-        summary = write_summary(run_dir, config, data, trainer, outcome, dtype, time.time() - started,
-                                memory["total_gib"], tracker.run_id)
-        tracker.log_summary(summary)
-        tracker.log_artifacts(run_dir / "adapter", "adapter")
-        if outcome["interrupted"]:
-            tracker.finish("KILLED")  # resumable: `hone train --resume` continues this MLflow run
+        if dist.is_main:  # the other ranks hold the same weights and figures
+            weights = run_dir / trainer.weights_folder
+            tokenizer.save_pretrained(weights)  # the adapter (or model) folder then also serves chat as-is
+            summary = write_summary(run_dir, config, data, trainer, outcome, dtype, time.time() - started,
+                                    memory["total_gib"], tracker.run_id)
+            tracker.log_summary(summary)
+            tracker.log_artifacts(weights, trainer.weights_folder)
+            if outcome["interrupted"]:
+                tracker.finish("KILLED")  # resumable: `hone train --resume` continues this MLflow run
+    dist.close()
     return run_dir
 
 
@@ -161,7 +196,8 @@ def write_summary(run_dir: Path, config: TrainConfig, data: TrainingData, traine
         "wall_seconds": round(wall_seconds, 2),
         "memory_estimate_gib": memory_estimate_gib,
         "mlflow_run_id": mlflow_run_id,
-        "adapter_dir": str(run_dir / "adapter"),
+        "adapter_dir": str(run_dir / "adapter") if trainer.weights_folder == "adapter" else None,
+        "model_dir": str(run_dir / "model") if trainer.weights_folder == "model" else None,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
