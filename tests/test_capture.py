@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 
 import pytest
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from hone.cli import app
@@ -15,11 +15,18 @@ from hone.serve.capture import CaptureStore
 
 EMAIL, PHONE = "jane.doe@example.com", "+1 415-555-0132"
 
+pytest_plugins = ["store_fixtures"]  # the db_url fixture: SQLite, and PostgreSQL when configured
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> CaptureStore:
-    """One store for the module: its Presidio scrubber takes seconds to set up."""
-    return CaptureStore(f"sqlite:///{tmp_path_factory.mktemp('capture') / 'hone.db'}")
+
+@pytest.fixture
+def store(db_url) -> CaptureStore:
+    return CaptureStore(db_url)
+
+
+def stored_rows(store: CaptureStore, where: str) -> list:
+    with store.engine.connect() as db:
+        return db.execute(text(f"SELECT response_id, request_json, response_text, usage_json "
+                               f"FROM captured_requests WHERE {where}")).all()
 
 
 def chat_request(text: str, model: str = "support") -> dict:
@@ -31,10 +38,7 @@ def test_pii_in_requests_and_answers_is_masked_before_it_is_stored(store):
     store.record(response_id="chatcmpl-pii", model="support",
                  request=chat_request(f"I am {EMAIL}, call me on {PHONE} about order 1680"),
                  response_text=f"We will call {PHONE}.", usage={"prompt_tokens": 20, "completion_tokens": 6})
-    with sqlite3.connect(store.engine.url.database) as db:
-        request_json, response_text, usage = db.execute(
-            "SELECT request_json, response_text, usage_json FROM captured_requests WHERE response_id = ?",
-            ("chatcmpl-pii",)).fetchone()
+    ((_, request_json, response_text, usage),) = stored_rows(store, "response_id = 'chatcmpl-pii'")
     stored = request_json + response_text
     assert EMAIL not in stored and "415-555-0132" not in stored
     user = json.loads(request_json)["messages"][1]["content"]
@@ -48,9 +52,7 @@ def test_content_parts_and_completion_prompts_are_masked(store):
     store.record(response_id="parts", model="support", request=parts, response_text="ok", usage={})
     store.record(response_id="cmpl", model="base", request={"prompt": f"Contact: {EMAIL}\nReply:"},
                  response_text="Thanks", usage={})
-    with sqlite3.connect(store.engine.url.database) as db:
-        rows = dict(db.execute("SELECT response_id, request_json FROM captured_requests "
-                               "WHERE response_id IN ('parts', 'cmpl')").fetchall())
+    rows = {row[0]: row[1] for row in stored_rows(store, "response_id IN ('parts', 'cmpl')")}
     assert EMAIL not in rows["parts"] + rows["cmpl"]
     assert json.loads(rows["cmpl"])["prompt"] == "Contact: <EMAIL_ADDRESS>\nReply:"
 
@@ -58,8 +60,9 @@ def test_content_parts_and_completion_prompts_are_masked(store):
 def test_feedback_on_an_unknown_response_raises_key_error(store):
     with pytest.raises(KeyError):
         store.feedback(response_id="never-served", rating=1, correction=None)
+    store.record(response_id="known", model="support", request=chat_request("hi"), response_text="hello", usage={})
     with pytest.raises(ValueError, match="rating, a correction"):
-        store.feedback(response_id="chatcmpl-pii", rating=None, correction=None)
+        store.feedback(response_id="known", rating=None, correction=None)
 
 
 def test_a_response_id_is_captured_once(store):
@@ -68,8 +71,7 @@ def test_a_response_id_is_captured_once(store):
         store.record(response_id="twice", model="support", request=chat_request("hi"), response_text="x", usage={})
 
 
-def test_export_writes_chat_jsonl_with_corrections_and_rating_filter(tmp_path):
-    store = CaptureStore(f"sqlite:///{tmp_path / 'export.db'}")
+def test_export_writes_chat_jsonl_with_corrections_and_rating_filter(store, tmp_path):
     for i, model in enumerate(["legal", "support", "support"]):
         store.record(response_id=f"r{i}", model=model, request=chat_request(f"question {i}", model),
                      response_text=f"answer {i}", usage={"completion_tokens": 2})
@@ -97,8 +99,7 @@ def test_export_writes_chat_jsonl_with_corrections_and_rating_filter(tmp_path):
     assert figures["with_feedback"] == 2 and figures["corrections"] == 1
 
 
-def test_record_from_many_threads(tmp_path):
-    store = CaptureStore(f"sqlite:///{tmp_path / 'threads.db'}")
+def test_record_from_many_threads(store):
     errors: list[BaseException] = []
 
     def serve(worker: int) -> None:
@@ -117,9 +118,7 @@ def test_record_from_many_threads(tmp_path):
     assert not errors and store.stats()["captured"] == 40
 
 
-def test_cli_stats_and_export(tmp_path):
-    db_url = f"sqlite:///{tmp_path / 'cli.db'}"
-    store = CaptureStore(db_url)
+def test_cli_stats_and_export(store, db_url, tmp_path):
     store.record(response_id="c1", model="support", request=chat_request("hello"), response_text="hi", usage={})
     store.feedback(response_id="c1", rating=4, correction=None)
     runner = CliRunner()

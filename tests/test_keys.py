@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 
 import pytest
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from hone.cli import app
 from hone.errors import HoneError
 from hone.serve.keys import KeyStore
 
-
-@pytest.fixture
-def db_url(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'keys.db'}"
+pytest_plugins = ["store_fixtures"]  # the db_url fixture: SQLite, and PostgreSQL when configured
 
 
-def test_a_created_key_verifies_and_only_its_hash_is_stored(db_url, tmp_path):
+def test_a_created_key_verifies_and_only_its_hash_is_stored(db_url):
     store = KeyStore(db_url)
     assert not store.has_keys()
     key = store.create("support-app")
@@ -30,8 +27,8 @@ def test_a_created_key_verifies_and_only_its_hash_is_stored(db_url, tmp_path):
     assert not store.verify(key[:-1] + ("A" if key[-1] != "A" else "B"))
     assert not store.verify("")
     assert not store.verify("sk-" + key)
-    with sqlite3.connect(tmp_path / "keys.db") as db:
-        stored = db.execute("SELECT * FROM api_keys").fetchall()
+    with store.engine.connect() as db:
+        stored = db.execute(text("SELECT * FROM api_keys")).all()
     assert stored and all(key not in str(column) for column in stored[0])
     (listed,) = store.list()
     assert listed["name"] == "support-app" and key.startswith(listed["prefix"]) and not listed["revoked"]

@@ -49,6 +49,14 @@ def engine_for(db_url: str | None = None) -> Engine:
         return _engines[url]
 
 
+def dispose_engine(db_url: str | None = None) -> None:
+    """Close the shared engine's pooled connections and forget it (a server shutting down, a test database)."""
+    with _engines_lock:
+        engine = _engines.pop(database_url(db_url), None)
+    if engine is not None:
+        engine.dispose()
+
+
 def _new_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
@@ -57,14 +65,19 @@ def _new_engine(url: str) -> Engine:
         return _sqlite_engine(url, parsed.database)
     except (ArgumentError, NoSuchModuleError, ImportError) as error:
         raise HoneError(f"cannot use the database URL {_redacted(url)}: {error}",
-                        hint="use sqlite:///PATH/hone.db or postgresql+psycopg://USER@HOST/DB (with its driver "
-                        f"installed), via --db or ${DATABASE_ENV}") from None
+                        hint="use sqlite:///PATH/hone.db, or postgresql+psycopg://USER@HOST/DB after "
+                        f"`pip install 'hone[postgres]'`, via --db or ${DATABASE_ENV}") from None
 
 
 def _sqlite_engine(url: str, database: str | None) -> Engine:
     in_memory = not database or database == ":memory:"
     if not in_memory:
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(database).expanduser().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise HoneError(f"cannot create the folder {folder} for the SQLite database {url}: {error.strerror}",
+                            hint="pass a writable path with --db sqlite:///PATH/hone.db, or set $HONE_HOME") from None
     # An in-memory database lives in one connection, so every thread must share that one.
     pool = {"poolclass": StaticPool} if in_memory else {}
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_MS / 1000}, **pool)
