@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,3 +143,50 @@ def test_cli_export_json_and_the_merge_flag(run_dir, tmp_path):
     assert isinstance(refused.exception, HoneError) and "--merge" in str(refused.exception)
     again = runner.invoke(app, ["export", str(run_dir), "--merge", "--out", str(out)])
     assert isinstance(again.exception, HoneError) and "--force" in str(again.exception)
+
+
+@pytest.fixture
+def shared_model_cache(monkeypatch):
+    """The user's real HONE_HOME, so the bundled model is de-quantized once, not per test."""
+    home = os.environ.get("HONE_E2E_HOME", str(Path.home() / ".cache" / "hone"))
+    monkeypatch.setenv("HONE_HOME", home)
+
+
+@pytest.mark.real_model
+@torch.inference_mode()
+def test_export_of_a_smollm2_run_matches_and_its_gguf_keeps_the_tokenizer(shared_model_cache, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.integrations.gguf.reader import read_gguf_metadata
+
+    from hone.models import load_model
+
+    run = tmp_path / "run"
+    torch.manual_seed(5)
+    with peft_quietly():
+        adapter = get_peft_model(load_model("smollm2-135m-instruct"),
+                                 LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    for name, parameter in adapter.named_parameters():
+        if "lora_B" in name:
+            parameter.data *= 0.05  # a nudge, not noise: the merged model should still answer sensibly
+    adapter.save_pretrained(run / "adapter")
+    (run / "config.yaml").write_text("base_model: smollm2-135m-instruct\n")
+
+    out = tmp_path / "merged"
+    result = export_merged(run, out, gguf=True)
+    reference, tokenizer, _ = load_for_inference(run, dtype=torch.float32, device="cpu")
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    inputs = AutoTokenizer.from_pretrained(out).apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True,
+        return_tensors="pt", return_dict=True)
+    torch.testing.assert_close(merged(**inputs).logits, reference(**inputs).logits, atol=2e-4, rtol=1e-4)
+    greedy = {"max_new_tokens": 16, "do_sample": False}
+    answer = merged.generate(**inputs, **greedy)
+    assert answer.tolist() == reference.generate(**inputs, **greedy).tolist()
+    reply = tokenizer.decode(answer[0, inputs["input_ids"].shape[1]:])
+    assert "Paris" in reply and reply.endswith("<|im_end|>")  # stopped by the exported generation config's EOS
+
+    metadata, _ = read_gguf_metadata(str(out / result["gguf"]), ())
+    assert metadata["tokenizer.ggml.pre"] == "smollm"  # from the bundled GGUF, so llama.cpp splits text the same
+    assert metadata["tokenizer.chat_template"] == tokenizer.chat_template
+    assert metadata["tokenizer.ggml.eos_token_id"] == tokenizer.convert_tokens_to_ids("<|im_end|>")
