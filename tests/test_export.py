@@ -102,18 +102,19 @@ def test_gguf_round_trips_through_transformers(exported):
     torch.testing.assert_close(from_gguf(**inputs).logits, merged(**inputs).logits, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize(("dtype", "saved"), [("bf16", "bfloat16"), ("fp16", "float16")])
 @torch.inference_mode()
-def test_bf16_export_and_its_gguf_hold_the_same_weights(run_dir, tmp_path):
+def test_half_precision_exports_and_their_gguf_hold_the_same_weights(run_dir, tmp_path, dtype, saved):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = tmp_path / "bf16"
-    result = export_merged(run_dir, out, gguf=True, dtype="bf16")
-    assert result["dtype"] == "bf16"
+    out = tmp_path / dtype
+    result = export_merged(run_dir, out, gguf=True, dtype=dtype)
+    assert result["dtype"] == dtype
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert json.loads((out / "config.json").read_text())["dtype"] == saved
     from_gguf = AutoModelForCausalLM.from_pretrained(out / "gguf", gguf_file="model.gguf", dtype=torch.float32).eval()
     inputs = chat_inputs(AutoTokenizer.from_pretrained(out))
-    # bf16 widens to fp32 exactly, so both files must give identical logits
+    # half precision widens to fp32 exactly, so both files must give identical logits
     torch.testing.assert_close(from_gguf(**inputs).logits, merged(**inputs).logits, atol=1e-6, rtol=0)
 
 

@@ -47,10 +47,12 @@ def export_merged(run_dir: Path, out: Path, *, gguf: bool = False, dtype: str = 
     model, tokenizer = _merged_model(run, save_dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be read by servers
     try:
         _save_hf_folder(model, tokenizer, run.base, staging)
         if gguf:
-            write_gguf(model, tokenizer, staging, staging / GGUF_FILE, base_folder=local_model_dir(run.base))
+            write_gguf(model, tokenizer, staging, staging / GGUF_FILE, name=out.name,
+                       base_folder=local_model_dir(run.base))
         manifest = _manifest(run, save_dtype, gguf)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         _move_into_place(staging, out)
@@ -97,8 +99,12 @@ def _save_hf_folder(model, tokenizer, base: str, folder: Path) -> None:
     """Weights, config and generation config that stop at the chat template's end-of-turn token, and tokenizer."""
     from transformers import GenerationConfig
 
-    special = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
-               "bos_token_id": tokenizer.bos_token_id}
+    try:
+        generation = GenerationConfig.from_pretrained(local_model_dir(base))
+    except OSError:
+        generation = GenerationConfig.from_model_config(model.config)
+    special = {"eos_token_id": _stop_ids(generation.eos_token_id, tokenizer.eos_token_id),
+               "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id}
     config = model.config
     config.architectures = [type(model).__name__]
     config.dtype = model.dtype
@@ -106,14 +112,17 @@ def _save_hf_folder(model, tokenizer, base: str, folder: Path) -> None:
         del config.quantization_config  # merged weights are plain tensors
     for key, value in special.items():
         setattr(config, key, value)
-    try:
-        generation = GenerationConfig.from_pretrained(local_model_dir(base))
-    except OSError:
-        generation = GenerationConfig.from_model_config(config)
     generation.update(**special)
     model.generation_config = generation
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+
+
+def _stop_ids(base_eos: int | list[int] | None, chat_eos: int | None) -> int | list[int] | None:
+    """The base's stop tokens plus the tokenizer's EOS (the chat template's end of turn), one int when alone."""
+    ids = [base_eos] if isinstance(base_eos, int) else list(base_eos or [])
+    ids += [chat_eos] if chat_eos is not None and chat_eos not in ids else []
+    return ids[0] if len(ids) == 1 else ids or None
 
 
 def _manifest(run, save_dtype: torch.dtype, gguf: bool) -> dict:
@@ -169,16 +178,19 @@ def _require_gguf_support(base: str) -> None:
                         "convert_hf_to_gguf.py")
 
 
-def write_gguf(model, tokenizer, hf_folder: Path, path: Path, *, base_folder: Path | None = None) -> None:
+def write_gguf(model, tokenizer, hf_folder: Path, path: Path, *, name: str,
+               base_folder: Path | None = None) -> None:
     """Write `model` (a LlamaForCausalLM) and the tokenizer saved in `hf_folder` as one GGUF file at `path`,
     tensors in the model's dtype (F32, F16 or BF16) and norms in F32, the way llama.cpp's converter does.
 
-    `base_folder` is the base model's folder, whose original GGUF (if any) names the pre-tokenizer.
+    `name` is the model name runtimes show; `base_folder` is the base model's folder, whose original GGUF (if
+    any) names the pre-tokenizer.
     """
     import gguf as gguf_lib
 
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf_lib.GGUFWriter(str(path), "llama")
+    writer.add_name(name)
     _add_model_metadata(writer, model.config, GGUF_TYPES[model.dtype])
     _add_tokenizer(writer, tokenizer, hf_folder, model.config.vocab_size, base_folder or hf_folder)
     for name, data, raw_dtype in _gguf_tensors(model):
@@ -196,7 +208,6 @@ def _add_model_metadata(writer, config, gguf_type: str) -> None:
                   "BF16": gguf_lib.LlamaFileType.MOSTLY_BF16}
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     rope_theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta") or config.rope_theta
-    writer.add_name(getattr(config, "_name_or_path", "") or "hone export")
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
