@@ -36,7 +36,7 @@ def chat_request(text: str, model: str = "support") -> dict:
 
 def test_pii_in_requests_and_answers_is_masked_before_it_is_stored(store):
     store.record(response_id="chatcmpl-pii", model="support",
-                 request=chat_request(f"I am {EMAIL}, call me on {PHONE} about order 1680"),
+                 request={**chat_request(f"I am {EMAIL}, call me on {PHONE} about order 1680"), "user": EMAIL},
                  response_text=f"We will call {PHONE}.", usage={"prompt_tokens": 20, "completion_tokens": 6})
     ((_, request_json, response_text, usage),) = stored_rows(store, "response_id = 'chatcmpl-pii'")
     stored = request_json + response_text
@@ -44,6 +44,7 @@ def test_pii_in_requests_and_answers_is_masked_before_it_is_stored(store):
     user = json.loads(request_json)["messages"][1]["content"]
     assert user == "I am <EMAIL_ADDRESS>, call me on <PHONE_NUMBER> about order 1680"
     assert response_text == "We will call <PHONE_NUMBER>."
+    assert json.loads(request_json)["user"] == "<EMAIL_ADDRESS>"
     assert json.loads(request_json)["max_tokens"] == 32 and json.loads(usage)["completion_tokens"] == 6
 
 
@@ -92,11 +93,16 @@ def test_export_writes_chat_jsonl_with_corrections_and_rating_filter(store, tmp_
     assert store.export(good, min_rating=4) == 1
     assert json.loads(good.read_text())["messages"][-1]["content"].startswith("better answer")
     assert store.export(tmp_path / "legal.jsonl", model="legal") == 1
+    store.record(response_id="empty", model="legal", request=chat_request("q", "legal"), response_text="", usage={})
+    assert store.export_report(tmp_path / "legal.jsonl", model="legal") == {
+        "out": str(tmp_path / "legal.jsonl"), "examples": 1, "skipped": 1}  # an empty answer is not training data
+    store.feedback(response_id="empty", rating=None, correction="the right answer")
+    assert store.export(tmp_path / "legal.jsonl", model="legal") == 2
     assert not list(tmp_path.glob("*.partial"))
 
     figures = store.stats()
-    assert figures["captured"] == 3 and figures["per_model"] == {"legal": 1, "support": 2}
-    assert figures["with_feedback"] == 2 and figures["corrections"] == 1
+    assert figures["captured"] == 4 and figures["per_model"] == {"legal": 2, "support": 2}
+    assert figures["with_feedback"] == 3 and figures["corrections"] == 2
 
 
 def test_record_from_many_threads(store):

@@ -28,12 +28,15 @@ def export(
     as_json: JsonOption = False,
 ) -> None:
     """Write captured conversations as chat JSONL, using corrected answers where users gave them."""
-    written = CaptureStore(db).export(out, min_rating=min_rating, model=model)
+    report = CaptureStore(db).export_report(out, min_rating=min_rating, model=model)
     if as_json:
-        emit_json({"out": str(out), "examples": written, "model": model, "min_rating": min_rating})
+        emit_json({**report, "model": model, "min_rating": min_rating})
         return
-    console.print(f"wrote {written} conversations to {out}")
-    if written:
+    console.print(f"wrote {report['examples']} conversations to {out}")
+    if report["skipped"]:
+        console.print(f"skipped {report['skipped']} captured exchanges with no prompt or an empty answer and no "
+                      "correction")
+    if report["examples"]:
         console.print(f"check them with `hone data validate {out}`, then train on them")
 
 

@@ -51,8 +51,10 @@ class CaptureStore:
             raise ValueError(f"response id {response_id!r} is already captured") from None
 
     def _masked(self, request: dict) -> dict:
-        """A copy of the request body with every message text and prompt masked."""
+        """A copy of the request body with every message text, prompt and the `user` field masked."""
         masked = dict(request)
+        if isinstance(request.get("user"), str):  # OpenAI's end-user id is often an email address
+            masked["user"] = self.mask(request["user"])
         if isinstance(request.get("messages"), list):
             masked["messages"] = [self._masked_message(m) for m in request["messages"]]
         prompt = request.get("prompt")
@@ -93,18 +95,24 @@ class CaptureStore:
         `min_rating` keeps only responses whose latest rating is at least that; `model` only one model's
         traffic. Returns the number of lines written; the file is replaced only once it is complete.
         """
+        return self.export_report(path, min_rating=min_rating, model=model)["examples"]
+
+    def export_report(self, path: str | Path, *, min_rating: int | None = None, model: str | None = None) -> dict:
+        """`export`, returning {"out", "examples", "skipped"}: skipped exchanges had no prompt or no answer."""
         path = Path(path).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
-        written = 0
+        written = skipped = 0
         with partial.open("w", encoding="utf-8") as out:
             for capture, feedback in self._captures(min_rating=min_rating, model=model):
                 example = _chat_example(capture, feedback)
-                if example is not None:
-                    out.write(json.dumps(example, ensure_ascii=False) + "\n")
-                    written += 1
+                if example is None:
+                    skipped += 1
+                    continue
+                out.write(json.dumps(example, ensure_ascii=False) + "\n")
+                written += 1
         os.replace(partial, path)
-        return written
+        return {"out": str(path), "examples": written, "skipped": skipped}
 
     def _captures(self, *, min_rating: int | None, model: str | None) -> Iterator[tuple[CapturedRequest, Feedback]]:
         """Captured requests, oldest first, each with its latest feedback (or None)."""
