@@ -63,7 +63,7 @@ def _launch(nproc: int, config: Path | None, set_: list[str], resume: Path | Non
     from hone.train.run import read_run_config
 
     settings = read_run_config(resume) if resume is not None else load_config(config, set_)
-    Distributed(world_size=nproc).check_batches(settings.training.batch_size, {})
+    Distributed(world_size=nproc).check_batch_size(settings.training.batch_size)
     args = ["--resume", str(resume)] if resume is not None else [str(config), *(f"--set={item}" for item in set_)]
     return launch_local(nproc, ["train", *args, *(["--json"] if as_json else [])])
 

@@ -52,15 +52,16 @@ class Distributed:
     local_rank: int = 0
     local_world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    lockstep: bool = False  # FSDP: every rank runs every micro-batch
 
     @classmethod
-    def from_env(cls) -> Distributed:
+    def from_env(cls, fsdp: bool = False) -> Distributed:
         """From torchrun's environment variables; joins the process group (gloo or nccl) on first call."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         place = cls(rank=int(os.environ.get("RANK", "0")), world_size=world, local_rank=local_rank,
                     local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
-                    device=default_device(local_rank))
+                    device=default_device(local_rank), lockstep=fsdp)
         if place.enabled and not dist.is_initialized():
             place._join()
         return place
@@ -89,27 +90,22 @@ class Distributed:
         """Rank 0: the one process that writes metrics, checkpoints, weights, summary and tracking."""
         return self.rank == 0
 
-    def check_batches(self, batch_size: int, counts: dict[str, int], fsdp: bool = False) -> None:
-        """Every micro-batch must give every rank a share: batch_size >= world size. Under FSDP every rank must
-        also run every micro-batch (its layers gather their weights together), so none may be left empty."""
-        if not self.enabled:
-            return
+    def check_batch_size(self, batch_size: int) -> None:
+        """Every micro-batch is split across the ranks, so it must hold at least one item per rank."""
         if batch_size < self.world_size:
             raise HoneError(f"training.batch_size is {batch_size}, fewer than the {self.world_size} processes: "
                             "each micro-batch is split across the processes",
                             hint=f"set training.batch_size to at least {self.world_size} (it is the global "
                             "micro-batch; lower training.grad_accum to keep the same global batch)")
-        for name, count in counts.items():
-            if fsdp and 0 < count % batch_size < self.world_size:
-                raise HoneError(f"training.batch_size {batch_size}: the last micro-batch of {name} holds "
-                                f"{count % batch_size} item(s), fewer than the {self.world_size} processes, "
-                                "which training.distributed: fsdp cannot leave idle",
-                                hint="choose a training.batch_size that divides the data into fuller batches, "
-                                "or use training.distributed: ddp")
 
-    def shard(self, items: list[Value]) -> list[Value]:
-        """This rank's share of a micro-batch: items rank, rank + W, rank + 2W, ..."""
-        return items[self.rank::self.world_size] if self.enabled else items
+    def shard(self, items: list[Value]) -> tuple[list[Value], int]:
+        """This rank's share of a micro-batch (items rank, rank + W, ...) and its weight in the loss: 1, or 0 for
+        a stand-in. A rank left without items (a short last batch) sits it out, except under FSDP, where it
+        runs the first item weighted 0: there every rank gathers each layer's weights together."""
+        if not self.enabled:
+            return items, 1
+        mine = items[self.rank::self.world_size]
+        return (items[:1], 0) if not mine and self.lockstep else (mine, 1)
 
     def all_sum(self, *values: float) -> list:
         """Each value summed over all ranks in one collective (float64: exact for counts); types are kept."""
@@ -227,8 +223,3 @@ def is_main() -> bool:
     """Whether this process is rank 0 (or the only process), read from torchrun's RANK."""
     return int(os.environ.get("RANK", "0")) == 0
 
-
-def barrier() -> None:
-    """Wait for every rank (no-op in a single process)."""
-    if dist.is_initialized():
-        dist.barrier()

@@ -63,9 +63,10 @@ def eval_loss(base_model, examples, batch_size: int, pad_id: int, dist: Distribu
     total, count = 0.0, 0
     lengths = [len(e) for e in examples]
     for indices in epoch_batches(lengths, batch_size, seed=0, epoch=0):
-        if mine := dist.shard(indices):
+        mine, weight = dist.shard(indices)
+        if mine:
             loss, n = trained_token_loss(base_model, dist.to_device(collate([examples[i] for i in mine], pad_id)))
-            total, count = total + float(loss), count + n
+            total, count = total + weight * float(loss), count + weight * n
     total, count = dist.all_sum(total, count)
     base_model.train(was_training)
     return total / max(1, count)
@@ -102,15 +103,15 @@ class Trainer:
         self.weights_folder = "model" if config.method == "full" else "adapter"
         self.pad_id = pad_id
         self.show_progress = show_progress
-        self.dist = Distributed.from_env()  # this process's share of a multi-process run (a world of one: all)
+        # This process's share of a multi-process run (a world of one: all).
+        self.dist = Distributed.from_env(fsdp=config.training.distributed == "fsdp")
         self.lengths = [len(e) for e in data.train]
         t = config.training
         # The units batches are drawn from: examples, or rows of packed examples.
         self.rows = pack_examples(self.lengths, config.data.max_length) if t.packing else None
         self.unit_lengths = [sum(self.lengths[i] for i in row) for row in self.rows] if t.packing else self.lengths
         self.total_steps, self.batches_per_epoch = total_optimizer_steps(config, len(self.unit_lengths))
-        self.dist.check_batches(t.batch_size, {"the training data": len(self.unit_lengths),
-                                               "the eval data": len(data.eval)}, fsdp=t.distributed == "fsdp")
+        self.dist.check_batch_size(t.batch_size)
         params = [p for p in peft_model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
         warmup = int(t.warmup_ratio * self.total_steps)
@@ -156,14 +157,14 @@ class Trainer:
     def _optimizer_step(self, group) -> tuple[float, int]:
         """One optimizer step over a group of micro-batches; returns (mean loss per token, tokens)."""
         shares = [self.dist.shard(indices) for _, _, indices in group]  # this rank's part of each micro-batch
-        batches = [self.dist.to_device(self._collate(units)) for units in shares if units]
-        (targets,) = self.dist.all_sum(sum(b.num_trained for b in batches))  # the group's count on every rank
+        batches = [(self.dist.to_device(self._collate(units)), weight) for units, weight in shares if units]
+        (targets,) = self.dist.all_sum(sum(b.num_trained * w for b, w in batches))  # the group's, on every rank
         loss_sum, tokens = 0.0, 0
-        for batch in batches:
+        for batch, weight in batches:
             with self._autocast():
-                loss = self._loss(batch)
+                loss = self._loss(batch) * weight  # weight 0: a stand-in that keeps FSDP ranks in step
             (loss / max(1, targets)).backward()  # every target token weighs the same across the group
-            loss_sum, tokens = loss_sum + float(loss.detach()), tokens + batch.num_tokens
+            loss_sum, tokens = loss_sum + float(loss.detach()), tokens + batch.num_tokens * weight
         self.dist.sum_gradients(self.model)
         loss_sum, tokens = self.dist.all_sum(loss_sum, tokens)
         if self.config.training.max_grad_norm:
