@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from hone.cli import advise, capture, chat, data, evaluate, export, index, keys, models, train, tune
+from hone.cli import advise, capture, chat, data, evaluate, export, index, keys, models, serve, train, tune
 from hone.errors import HoneError
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(capture.app, name="capture")
 app.add_typer(index.app, name="index")
 app.command("export")(export.export)
+app.command("serve")(serve.serve)
 
 
 def main() -> None:

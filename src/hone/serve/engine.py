@@ -1,0 +1,400 @@
+"""Continuous batching: one background thread decodes every running request together, whatever its adapter.
+
+Each step (1) applies queued control commands (adapter loads/unloads), (2) drops cancelled sequences,
+(3) admits waiting requests up to `max_batch` by prefilling them, (4) runs ONE batched decode forward over
+all running sequences with PEFT's mixed-adapter batch (`adapter_names` per row), (5) samples a token per
+row, streams the new text to each request's asyncio queue, and retires finished rows at once, so a short
+request never waits for a long one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from hone.serve.adapters import BASE_ROW, AdapterRegistry, AdapterSource, LoadedAdapters
+from hone.serve.kv import BatchCache, left_pad
+
+log = logging.getLogger("hone.serve")
+PREFILL_TOKEN_BUDGET = 4096  # prompt tokens prefilled per step, so joining requests stall the others briefly
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request's tokens are chosen and when its generation ends."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+@dataclass
+class Event:
+    """What the engine tells a request: new text, and on the last event why it finished."""
+
+    text: str
+    finish_reason: str | None = None  # "stop", "length", "error"
+    error: str | None = None
+    status: int = 500  # the HTTP status an error maps to
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request inside the engine: its prompt, adapter, sampling settings and what it produced."""
+
+    prompt_ids: list[int]
+    adapter: str | None
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    id: int = field(default_factory=lambda: next(_ids))
+    generated: list[int] = field(default_factory=list)
+    sent_chars: int = 0
+    cancelled: bool = False
+    finished: bool = False
+    finish_reason: str | None = None
+    generator: torch.Generator | None = None
+
+    def send(self, event: Event) -> None:
+        """Hand `event` to the request's event loop from the engine thread."""
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        except RuntimeError:  # the request's loop has closed: nobody is listening any more
+            self.cancelled = True
+
+
+class Running:
+    """The sequences being decoded, row-aligned with their KV cache, next input tokens and positions."""
+
+    def __init__(self):
+        self.rows: list[Sequence] = []
+        self.cache: BatchCache | None = None
+        self.next_tokens: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None
+
+    def add(self, rows: list[Sequence], cache: BatchCache, tokens: torch.Tensor, positions: torch.Tensor) -> None:
+        if not self.rows:
+            self.rows, self.cache, self.next_tokens, self.positions = rows, cache, tokens, positions
+            return
+        self.rows = self.rows + rows
+        self.cache = self.cache.concat(cache)
+        self.next_tokens = torch.cat([self.next_tokens, tokens])
+        self.positions = torch.cat([self.positions, positions])
+
+    def keep(self, keep: list[int]) -> None:
+        if len(keep) == len(self.rows):
+            return
+        if not keep:
+            self.__init__()
+            return
+        index = torch.tensor(keep, dtype=torch.long, device=self.next_tokens.device)
+        self.rows = [self.rows[i] for i in keep]
+        self.cache = self.cache.select(keep)
+        self.next_tokens = self.next_tokens.index_select(0, index)
+        self.positions = self.positions.index_select(0, index)
+
+
+class Engine:
+    """The background decoding thread and its queue of waiting requests."""
+
+    def __init__(self, model, tokenizer, registry: AdapterRegistry, loaded: LoadedAdapters, max_batch: int):
+        self.tokenizer = tokenizer
+        self.registry = registry
+        self.loaded = loaded
+        self.max_batch = max_batch
+        self.device = next(model.parameters()).device
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self.running = Running()
+        self.waiting: deque[Sequence] = deque()
+        self.commands: deque[tuple[Callable[[], object], Future]] = deque()
+        self.wake = threading.Condition()
+        self.stopping = False
+        self.thread: threading.Thread | None = None
+        self.unloading: set[str] = set()
+        self.steps = 0
+        self.tokens_out = 0
+
+    @property
+    def model(self):
+        return self.loaded.model
+
+    # ---- called from any thread ----
+
+    def start(self) -> None:
+        self.stopping = False
+        self.thread = threading.Thread(target=self._loop, name="hone-engine", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self.wake:
+            self.stopping = True
+            self.wake.notify()
+        if self.thread:
+            self.thread.join(timeout=30)
+
+    def submit(self, sequence: Sequence) -> None:
+        with self.wake:
+            self.waiting.append(sequence)
+            self.wake.notify()
+
+    def cancel(self, sequence: Sequence) -> None:
+        """Mark `sequence` abandoned (client gone, timed out); the engine drops it before its next step."""
+        sequence.cancelled = True
+        with self.wake:
+            self.wake.notify()
+
+    def call(self, command: Callable[[], object]) -> Future:
+        """Run `command` on the engine thread between two steps (the only time the model may change)."""
+        future: Future = Future()
+        with self.wake:
+            self.commands.append((command, future))
+            self.wake.notify()
+        return future
+
+    def load_adapter(self, source: AdapterSource) -> Future:
+        """Load `source` into the model now (on the engine thread); the future fails if it does not fit."""
+        return self.call(lambda: self.loaded.ensure(source, self._in_use()))
+
+    def unload_adapter(self, name: str) -> Future:
+        """Free adapter `name` once no running sequence uses it (already unregistered by the caller)."""
+        def retire() -> None:
+            self.unloading.add(name)
+            self._retire_unloaded()
+        return self.call(retire)
+
+    def stats(self) -> dict:
+        return {"running": len(self.running.rows), "waiting": len(self.waiting), "steps": self.steps,
+                "tokens_generated": self.tokens_out, "adapters_loaded": self.loaded.names,
+                "max_batch": self.max_batch}
+
+    # ---- engine thread ----
+
+    def _loop(self) -> None:
+        while True:
+            with self.wake:
+                while not (self.stopping or self.commands or self.waiting or self.running.rows):
+                    self.wake.wait()
+                if self.stopping:
+                    break
+            try:
+                with torch.inference_mode():  # adapter loads too: their weights must be inference tensors as well
+                    self._run_commands()
+                    self._step()
+            except Exception as error:  # one bad step must not take the server down: fail its requests
+                log.exception("engine step failed")
+                self._fail_all(f"generation failed: {error}")
+        self._fail_all("the server is shutting down")
+
+    def _run_commands(self) -> None:
+        while self.commands:
+            command, future = self.commands.popleft()
+            try:
+                future.set_result(command())
+            except Exception as error:
+                future.set_exception(error)
+
+    def _fail_all(self, message: str) -> None:
+        for sequence in self.running.rows + list(self.waiting):
+            sequence.send(Event("", finish_reason="error", error=message))
+        self.running = Running()
+        self.waiting.clear()
+
+    def _step(self) -> None:
+        self._drop_cancelled()
+        self._admit()
+        if self.running.rows:
+            self._decode()
+        if self.unloading:
+            self._retire_unloaded()
+        self.steps += 1
+
+    def _in_use(self) -> set[str]:
+        return {seq.adapter for seq in self.running.rows if seq.adapter}
+
+    def _retire_unloaded(self) -> None:
+        """Unload adapters removed from the registry as soon as no running sequence needs them."""
+        in_use = self._in_use()
+        for name in list(self.unloading):
+            if self.registry.get(name) is not None:
+                self.unloading.discard(name)  # registered again meanwhile: keep serving it
+            elif name not in in_use:
+                self.loaded.unload(name)
+                self.unloading.discard(name)
+
+    def _drop_cancelled(self) -> None:
+        self.running.keep([i for i, seq in enumerate(self.running.rows) if not seq.cancelled])
+        with self.wake:
+            self.waiting = deque(seq for seq in self.waiting if not seq.cancelled)
+
+    def _adapter_ready(self, sequence: Sequence, in_use: set[str]) -> bool | None:
+        """True when its adapter is in memory (or it needs none), False to wait for a free slot, None when
+        the adapter was unloaded since the request arrived (the request has then been told)."""
+        if sequence.adapter is None:
+            return True
+        source = self.registry.get(sequence.adapter)
+        if source is None:
+            sequence.send(Event("", finish_reason="error", status=404,
+                                error=f"The model '{sequence.adapter}' was unloaded while the request waited"))
+            return None
+        return self.loaded.ensure(source, in_use)
+
+    def _admit(self) -> None:
+        """Prefill as many waiting requests as fit, in arrival order (skipping those whose adapter has no slot)."""
+        room = self.max_batch - len(self.running.rows)
+        in_use = self._in_use()
+        admitted, deferred, budget = [], deque(), PREFILL_TOKEN_BUDGET
+        while self.waiting and len(admitted) < room:
+            sequence = self.waiting.popleft()
+            if admitted and len(sequence.prompt_ids) > budget:
+                deferred.append(sequence)
+                break
+            try:
+                ready = self._adapter_ready(sequence, in_use)
+            except Exception as error:  # e.g. the adapter files changed on disk since it was registered
+                log.exception("could not load adapter %s", sequence.adapter)
+                sequence.send(Event("", finish_reason="error",
+                                    error=f"adapter '{sequence.adapter}' could not be loaded: {error}"))
+                continue
+            if ready is None:
+                continue
+            if not ready:
+                deferred.append(sequence)
+                continue
+            admitted.append(sequence)
+            budget -= len(sequence.prompt_ids)
+            if sequence.adapter:
+                in_use.add(sequence.adapter)
+        with self.wake:
+            self.waiting.extendleft(reversed(deferred))
+        if admitted:
+            try:
+                self._prefill(admitted)
+            except Exception as error:  # only the joining requests fail; the running batch is untouched
+                log.exception("prefill failed")
+                for sequence in admitted:
+                    sequence.send(Event("", finish_reason="error", error=f"generation failed: {error}"))
+
+    def _adapter_kwargs(self, rows: list[Sequence]) -> dict:
+        if not self.loaded.has_peft:
+            return {}
+        for seq in rows:
+            if seq.adapter:
+                self.loaded.touch(seq.adapter)
+        return {"adapter_names": [seq.adapter or BASE_ROW for seq in rows]}
+
+    def _prefill(self, rows: list[Sequence]) -> None:
+        input_ids, mask, positions = left_pad([seq.prompt_ids for seq in rows], self.pad_id, self.device)
+        cache = DynamicCache()
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                         use_cache=True, logits_to_keep=1, **self._adapter_kwargs(rows))
+        for seq in rows:
+            seq.generator = _generator(seq.params.seed, self.device)
+        tokens = self._sample(out.logits[:, -1, :], rows)
+        self.running.add(rows, BatchCache(out.cache, mask), tokens, positions[:, -1] + 1)
+        self._emit(len(self.running.rows) - len(rows), tokens)
+
+    def _decode(self) -> None:
+        running = self.running
+        mask = running.cache.grow()
+        out = self.model(input_ids=running.next_tokens[:, None], attention_mask=mask,
+                         position_ids=running.positions[:, None], cache=running.cache.cache,
+                         use_cache=True, **self._adapter_kwargs(running.rows))
+        running.cache.cache = out.cache
+        running.positions = running.positions + 1
+        tokens = self._sample(out.logits[:, -1, :], running.rows)
+        running.next_tokens = tokens
+        self._emit(0, tokens)
+
+    def _sample(self, logits: torch.Tensor, rows: list[Sequence]) -> torch.Tensor:
+        """Greedy for temperature 0, else temperature + nucleus sampling with each request's own generator."""
+        tokens = logits.argmax(dim=-1)
+        for row, seq in enumerate(rows):
+            if seq.params.temperature > 0:
+                tokens[row] = _sample_row(logits[row].float(), seq.params, seq.generator)
+        return tokens
+
+    def _emit(self, first_row: int, tokens: torch.Tensor) -> None:
+        """Record each row's new token from `first_row` on, stream its text, and retire finished rows."""
+        rows = self.running.rows
+        for row, token in enumerate(tokens.tolist(), start=first_row):
+            self._advance(rows[row], token)
+        self.running.keep([i for i, seq in enumerate(rows) if not (seq.finished or seq.cancelled)])
+
+    def _advance(self, seq: Sequence, token: int) -> None:
+        params = seq.params
+        if token in self.eos_ids and not params.ignore_eos:
+            self._finish(seq, "stop", self._text(seq))
+            return
+        seq.generated.append(token)
+        self.tokens_out += 1
+        text = self._text(seq)
+        stop_at = _first_stop(text, params.stop, max(0, seq.sent_chars - _longest(params.stop)))
+        if stop_at is not None:
+            self._finish(seq, "stop", text[:stop_at])
+        elif len(seq.generated) >= params.max_tokens:
+            self._finish(seq, "length", text)
+        else:
+            safe = len(text) - max(_longest(params.stop) - 1, 0)  # a stop string may be starting here
+            if text.endswith("\ufffd"):
+                safe = min(safe, len(text) - 1)  # half of a multi-byte character
+            if safe > seq.sent_chars:
+                seq.send(Event(text[seq.sent_chars:safe]))
+                seq.sent_chars = safe
+
+    def _text(self, seq: Sequence) -> str:
+        return self.tokenizer.decode(seq.generated, skip_special_tokens=True)
+
+    def _finish(self, seq: Sequence, reason: str, text: str) -> None:
+        seq.finished, seq.finish_reason = True, reason
+        seq.send(Event(text[seq.sent_chars:], finish_reason=reason))
+        seq.sent_chars = len(text)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    """Every token id that ends a reply: the tokenizer's EOS and the model's generation-config EOS ids."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if configured is not None:
+        ids |= set(configured) if isinstance(configured, list) else {configured}
+    return ids
+
+
+def _generator(seed: int | None, device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None else time.time_ns() & 0x7FFF_FFFF_FFFF_FFFF)
+    return generator
+
+
+def _sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > params.top_p  # keep the smallest set reaching p
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator)[0]
+
+
+def _longest(stops: tuple[str, ...]) -> int:
+    return max((len(stop) for stop in stops), default=0)
+
+
+def _first_stop(text: str, stops: tuple[str, ...], start: int) -> int | None:
+    """Where the earliest stop string begins in `text` (searching from `start`), or None."""
+    found = [at for stop in stops if (at := text.find(stop, start)) != -1]
+    return min(found) if found else None
