@@ -134,7 +134,7 @@ class DPOTrainer(Trainer):
 
     def step_metrics(self) -> dict:
         """Means over the pairs of the optimizer step just taken."""
-        figures = means(self.sums)
+        figures = means(dict(zip(self.sums, self.dist.all_sum(*self.sums.values()), strict=True)))  # all ranks' pairs
         figures.pop("loss")  # logged as train_loss already
         self.sums = empty_sums()
         return figures
