@@ -1,9 +1,15 @@
 """Training throughput: hone vs TRL's SFTTrainer on the same model, data and LoRA config, in one run.
 
-Each trainer runs in its own process (so peak RSS is its own); both final adapters are then scored by
-the same eval-loss code on the same held-out file. Prints one JSON line.
+Every training run goes in its own process (so peak RSS is its own). In order:
+1. the bf16 and fp32 matmul peaks of this machine, measured now, for model FLOPs utilisation (MFU);
+2. one epoch with hone (packing, chunked loss, bf16 frozen weights) and with TRL's SFTTrainer (fp32 without
+   and with gradient checkpointing, which SFTConfig turns on by default, and bf16 autocast); every adapter
+   is then scored by the same eval-loss code on the same held-out file;
+3. the ablation: hone with one speed switch flipped at a time (and all off), a few steps each;
+4. QLoRA and DPO tokens/s.
+Prints one JSON line.
 
-    python bench/train_throughput.py [--train FILE] [--eval FILE] [--limit N]
+    python bench/train_throughput.py [--train FILE] [--eval FILE] [--limit N] [--steps N]
 """
 
 from __future__ import annotations
@@ -23,6 +29,23 @@ DEFAULT_EVAL = ROOT / "examples" / "support_tickets" / "test.jsonl"
 MODEL = "smollm2-135m-instruct"
 SHARED = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear", "max_length": 512,
           "batch_size": 8, "epochs": 1, "lr": 2e-4, "scheduler": "cosine", "warmup_ratio": 0.05, "seed": 42}
+# Packed rows of max_length tokens hold ~4 of these ~120-token examples, so 2 rows a step carry about the
+# same tokens as 8 padded examples: the same number of optimizer steps over the epoch.
+PACKED_BATCH = 2
+# precision auto: bf16 frozen weights where the CPU has native bf16 (AVX512-BF16/AMX), else fp32.
+HONE_BEST = {"packing": True, "chunked_loss": True, "precision": "auto", "compile": False}
+ABLATION = {
+    "best": {},
+    "packing_off": {"packing": False},
+    "chunked_loss_off": {"chunked_loss": False},
+    "bf16_off": {"precision": "fp32"},
+    "compile_on": {"compile": True},
+    "all_off": {"packing": False, "chunked_loss": False, "precision": "fp32"},
+}
+# Without native bf16 the CPU emulates bf16 matmuls some 50x slower than fp32: those runs would take hours
+# and tell nothing, so they are reported as skipped, with both measured peaks.
+NEEDS_NATIVE_BF16 = {"bf16_off", "all_off", "trl_bf16"}
+WARMUP_STEPS = 3  # left out of the ablation's steady-state tokens/s (compilation happens there)
 
 
 def limited_copy(path: Path, limit: int | None, folder: Path) -> Path:
@@ -33,31 +56,53 @@ def limited_copy(path: Path, limit: int | None, folder: Path) -> Path:
     return target
 
 
-def run_hone(train_file: Path, out: Path) -> dict:
-    """hone's own loop, configured like the TRL run."""
+def hone_settings(switches: dict, method: str = "lora") -> dict:
+    """The hone config of the comparison, with its speed switches (and method) set."""
+    switches = {**HONE_BEST, **switches}
+    batch = PACKED_BATCH if switches["packing"] else SHARED["batch_size"]
+    return {"method": method, "batch_size": batch, **switches}
+
+
+def run_hone(train_file: Path, out: Path, name: str, settings: dict, max_steps: int | None = None) -> dict:
+    """hone's own loop, configured like the TRL run; returns the adapter and the measured figures."""
     from hone.train.config import parse_config
     from hone.train.run import train
 
     s = SHARED
+    method = settings.pop("method")
+    training = {"epochs": s["epochs"], "lr": s["lr"], "scheduler": s["scheduler"], "warmup_ratio": s["warmup_ratio"],
+                "seed": s["seed"], "log_every": 1, **settings}
+    if max_steps:
+        training["max_steps"] = max_steps
     config = parse_config({
-        "base_model": MODEL,
+        "base_model": MODEL, "method": method,
         "data": {"train": str(train_file), "max_length": s["max_length"]},
         "lora": {k: s[k] for k in ("r", "alpha", "dropout", "target_modules")},
-        "training": {"epochs": s["epochs"], "batch_size": s["batch_size"], "lr": s["lr"],
-                     "scheduler": s["scheduler"], "warmup_ratio": s["warmup_ratio"], "seed": s["seed"],
-                     "log_every": 10},
-        "output_dir": str(out), "run_name": "hone",
+        "training": training, "tracking": {"enabled": False},
+        "output_dir": str(out), "run_name": name,
     })
     run_dir = train(config, show_progress=False)
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"adapter": str(run_dir / "adapter"), "train_seconds": summary["train_seconds"]}
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {"adapter": str(run_dir / "adapter"), "train_seconds": summary["train_seconds"],
+            "tokens": summary["tokens"], "tokens_per_s": summary["tokens_per_s"],
+            "steady_tokens_per_s": steady_tokens_per_s(steps), "steps": summary["steps"]}
 
 
-def run_trl(train_file: Path, out: Path, gradient_checkpointing: bool) -> dict:
-    """TRL's SFTTrainer on prompt/completion pairs (loss on the completion only), fp32 on CPU.
+def steady_tokens_per_s(steps: list[dict]) -> float:
+    """tokens/s after the first WARMUP_STEPS optimizer steps, from the cumulative figures of metrics.jsonl."""
+    if len(steps) <= WARMUP_STEPS:
+        return steps[-1]["tokens_per_s"]
+    first, last = steps[WARMUP_STEPS - 1], steps[-1]
+    seconds = last["tokens"] / last["tokens_per_s"] - first["tokens"] / first["tokens_per_s"]
+    return round((last["tokens"] - first["tokens"]) / seconds, 1)
 
-    SFTConfig turns gradient checkpointing on by default; the bench runs TRL both ways and compares
-    hone with the faster of the two.
+
+def run_trl(train_file: Path, out: Path, gradient_checkpointing: bool, bf16: bool = False) -> dict:
+    """TRL's SFTTrainer on prompt/completion pairs (loss on the completion only) on CPU, fp32 or bf16 autocast.
+
+    SFTConfig turns gradient checkpointing on by default; the bench runs TRL several ways and compares
+    hone with the fastest.
     """
     from datasets import Dataset
     from peft import LoraConfig
@@ -75,7 +120,7 @@ def run_trl(train_file: Path, out: Path, gradient_checkpointing: bool) -> dict:
     args = SFTConfig(output_dir=str(out / "trl"), per_device_train_batch_size=s["batch_size"],
                      num_train_epochs=s["epochs"], learning_rate=s["lr"], lr_scheduler_type=s["scheduler"],
                      warmup_steps=s["warmup_ratio"], max_length=s["max_length"], seed=s["seed"],
-                     logging_steps=10, save_strategy="no", report_to=[], use_cpu=True, bf16=False,
+                     logging_steps=10, save_strategy="no", report_to=[], use_cpu=True, bf16=bf16,
                      max_grad_norm=1.0, weight_decay=0.0, dataloader_num_workers=0,
                      gradient_checkpointing=gradient_checkpointing)
     lora = LoraConfig(r=s["r"], lora_alpha=s["alpha"], lora_dropout=s["dropout"],
@@ -85,9 +130,10 @@ def run_trl(train_file: Path, out: Path, gradient_checkpointing: bool) -> dict:
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
-    adapter = out / f"trl-adapter-{int(gradient_checkpointing)}"
+    adapter = out / f"trl-adapter-{int(gradient_checkpointing)}-{int(bf16)}"
     trainer.model.save_pretrained(adapter)
-    return {"adapter": str(adapter), "train_seconds": seconds}
+    return {"adapter": str(adapter), "train_seconds": seconds, "tokens_per_s": round(dataset_tokens(train_file) /
+                                                                                     seconds, 1)}
 
 
 def dataset_tokens(train_file: Path) -> int:
@@ -115,26 +161,107 @@ def adapter_eval_loss(adapter: str, eval_file: Path) -> float:
     return eval_loss(model.get_base_model(), examples, 8, tokenizer.pad_token_id)
 
 
-TRAINERS = {"hone": run_hone,
-            "trl": lambda train_file, out: run_trl(train_file, out, gradient_checkpointing=False),
-            "trl_defaults": lambda train_file, out: run_trl(train_file, out, gradient_checkpointing=True)}
+def write_preferences(train_file: Path, out: Path) -> Path:
+    """Preference pairs from the chat data: the reference reply is preferred over another example's reply."""
+    from hone.data.formats import load_chat_examples
+
+    examples = load_chat_examples(train_file)
+    lines = [json.dumps({"input": {"messages": e.messages[:-1]},
+                         "preferred_output": [e.messages[-1]],
+                         "non_preferred_output": [examples[(i + 1) % len(examples)].messages[-1]]})
+             for i, e in enumerate(examples)]
+    path = out / "preferences.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
-def child(kind: str, train_file: Path, out: Path) -> None:
-    result = TRAINERS[kind](train_file, out)
-    (out / f"{kind}.json").write_text(json.dumps(result))
+def measure_peaks() -> dict:
+    """Best GFLOP/s of large square matmuls in bf16 and fp32 on this machine, now."""
+    import torch
+
+    peaks = {}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        from hone.models.loading import bf16_is_fast
+
+        size = 2048 if dtype == torch.float32 or bf16_is_fast("cpu") else 512  # emulated bf16 is very slow
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        torch.matmul(a, b)  # warm-up
+        best = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(3):
+                torch.matmul(a, b)
+            best = min(best, (time.perf_counter() - started) / 3)
+        peaks[name] = round(2 * size**3 / best / 1e9, 1)
+    return peaks
 
 
-def run_child(kind: str, train_file: Path, out: Path) -> dict:
+def flops_per_token(train_file: Path) -> float:
+    """Model FLOPs a LoRA step needs per token, on the data's lengths: the linear layers twice forward (2N)
+    and once for input gradients in backward (2N; frozen weights need no weight gradient), causal attention
+    (forward and its two backward matmuls), and the lm_head on trained tokens only (forward and backward)."""
+    from transformers import AutoConfig
+
+    from hone.data.formats import load_chat_examples
+    from hone.data.render import render_chat
+    from hone.models import load_tokenizer, local_model_dir
+
+    config = AutoConfig.from_pretrained(str(local_model_dir(MODEL)))
+    tokenizer = load_tokenizer(MODEL)
+    rendered = [render_chat(tokenizer, e.messages) for e in load_chat_examples(train_file)]
+    h, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    kv = h * config.num_key_value_heads // config.num_attention_heads
+    linear = layers * (2 * h * h + 2 * h * kv + 3 * h * inter)  # q, o, k, v, gate, up, down
+    tokens = sum(len(r) for r in rendered)
+    attention = sum(3 * 2 * layers * h * len(r) ** 2 for r in rendered) / tokens  # QK^T and AV, causal half
+    head = sum(4 * config.vocab_size * h * r.num_trained for r in rendered) / tokens
+    return 4 * linear + attention + head
+
+
+def child(spec: dict, train_file: Path, out: Path) -> None:
+    if spec["kind"] == "trl":
+        result = run_trl(train_file, out, spec["gradient_checkpointing"], spec["bf16"])
+    else:
+        data = write_preferences(train_file, out) if spec["settings"]["method"] == "dpo" else train_file
+        result = run_hone(data, out, spec["name"], dict(spec["settings"]), spec.get("max_steps"))
+    (out / f"{spec['name']}.json").write_text(json.dumps(result))
+
+
+def run_child(spec: dict, train_file: Path, out: Path) -> dict:
     """Run one trainer in a fresh process; returns its result with its own peak RSS."""
-    process = subprocess.Popen([sys.executable, __file__, "--child", kind, "--train", str(train_file),
+    process = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec), "--train", str(train_file),
                                 "--out", str(out)], stdout=sys.stderr)
     _, status, usage = os.wait4(process.pid, 0)
     if status != 0:
-        raise SystemExit(f"{kind} run failed with status {status}")
-    result = json.loads((out / f"{kind}.json").read_text())
+        raise SystemExit(f"{spec['name']} run failed with status {status}")
+    result = json.loads((out / f"{spec['name']}.json").read_text())
     result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
+    print(f"{spec['name']}: {result['tokens_per_s']} tokens/s", file=sys.stderr)
     return result
+
+
+def comparison_specs(native_bf16: bool) -> list[dict]:
+    """One epoch each: hone at its best and TRL three ways."""
+    trl = [{"kind": "trl", "name": name, "gradient_checkpointing": checkpointing, "bf16": bf16}
+           for name, checkpointing, bf16 in (("trl", False, False), ("trl_defaults", True, False),
+                                             ("trl_bf16", False, True))]
+    if not native_bf16:
+        trl = [spec for spec in trl if spec["name"] not in NEEDS_NATIVE_BF16]
+    return [{"kind": "hone", "name": "hone", "settings": hone_settings({})}, *trl]
+
+
+def ablation_specs(steps: int, native_bf16: bool) -> list[dict]:
+    """hone with each switch flipped; where bf16 is not native, fp32 is already the best and all_off only
+    turns packing and chunked loss off."""
+    flips = dict(ABLATION)
+    if not native_bf16:
+        flips.pop("bf16_off")
+        flips["all_off"] = {"packing": False, "chunked_loss": False}
+    specs = [{"kind": "hone", "name": f"ablation_{name}", "settings": hone_settings(switches), "max_steps": steps}
+             for name, switches in flips.items()]
+    specs += [{"kind": "hone", "name": method, "settings": hone_settings({}, method), "max_steps": steps}
+              for method in ("qlora", "dpo")]
+    return specs
 
 
 def main() -> None:
@@ -142,32 +269,50 @@ def main() -> None:
     parser.add_argument("--train", type=Path, default=DEFAULT_TRAIN)
     parser.add_argument("--eval", type=Path, default=DEFAULT_EVAL)
     parser.add_argument("--limit", type=int, default=None, help="Use only the first N training examples.")
-    parser.add_argument("--child", choices=list(TRAINERS), help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=15, help="Optimizer steps of each ablation, QLoRA and DPO run.")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.train, args.out)
+        child(json.loads(args.child), args.train, args.out)
         return
     with tempfile.TemporaryDirectory(prefix="hone-bench-") as tmp:
         out = Path(tmp)
         train_file = limited_copy(args.train, args.limit, out)
         from hone.models import local_model_dir
 
-        local_model_dir(MODEL)  # convert the GGUF once, outside both timings
-        tokens = dataset_tokens(train_file)
-        examples = sum(1 for line in train_file.read_text().splitlines() if line.strip())
-        results = {kind: run_child(kind, train_file, out) for kind in TRAINERS}
+        local_model_dir(MODEL)  # convert the GGUF once, outside every timing
+        from hone.models.loading import bf16_is_fast
+
+        native_bf16 = bf16_is_fast("cpu")
+        peaks = measure_peaks()
+        per_token = flops_per_token(train_file)
+        results = {spec["name"]: run_child(spec, train_file, out) for spec in comparison_specs(native_bf16)}
         for result in results.values():
-            result["tokens_per_s"] = round(tokens / result["train_seconds"], 1)
             result["eval_loss"] = round(adapter_eval_loss(result.pop("adapter"), args.eval), 4)
+        runs = {spec["name"]: run_child(spec, train_file, out) for spec in ablation_specs(args.steps, native_bf16)}
     hone = results["hone"]
-    anchor = max(("trl", "trl_defaults"), key=lambda kind: results[kind]["tokens_per_s"])  # the stronger one
+    anchor = max((kind for kind in results if kind.startswith("trl")), key=lambda kind: results[kind]["tokens_per_s"])
     trl = results[anchor]
+    ablation = {name.removeprefix("ablation_"): {"tokens_per_s": r["steady_tokens_per_s"],
+                                                 "vs_best": round(r["steady_tokens_per_s"] /
+                                                                  runs["ablation_best"]["steady_tokens_per_s"], 3),
+                                                 "peak_rss_mb": r["peak_rss_mb"]}
+                for name, r in runs.items() if name.startswith("ablation_")}
     print(json.dumps({
-        "bench": "train_throughput", "model": MODEL, "train_examples": examples, "dataset_tokens": tokens,
-        "config": SHARED, **results,
+        "bench": "train_throughput", "model": MODEL, "config": SHARED, "hone_switches": HONE_BEST,
+        "packed_batch_size": PACKED_BATCH, "matmul_peak_gflops": peaks, "native_bf16": native_bf16,
+        "compute_dtype": "bf16" if native_bf16 else "fp32",
+        "skipped": [] if native_bf16 else sorted(NEEDS_NATIVE_BF16),
+        "model_gflops_per_token": round(per_token / 1e9, 3),
+        **{name: {k: v for k, v in r.items() if k != "adapter"} for name, r in results.items()},
         "anchor": anchor, "speedup": round(hone["tokens_per_s"] / trl["tokens_per_s"], 2),
         "eval_loss_ratio": round(hone["eval_loss"] / trl["eval_loss"], 4),
+        # Against the peak of the dtype hone computes in here (the bf16 peak means nothing where it is emulated).
+        "mfu": round(hone["tokens_per_s"] * per_token / (peaks["bf16" if native_bf16 else "fp32"] * 1e9), 3),
+        "ablation": ablation,
+        "qlora_tokens_per_s": runs["qlora"]["steady_tokens_per_s"], "qlora_peak_rss_mb": runs["qlora"]["peak_rss_mb"],
+        "dpo_tokens_per_s": runs["dpo"]["steady_tokens_per_s"], "dpo_peak_rss_mb": runs["dpo"]["peak_rss_mb"],
     }))
 
 
