@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from hone.cli.output import console, emit_json
-from hone.serve.capture import CaptureStore
 
 app = typer.Typer(help="Requests and answers captured by `hone serve` (PII masked), with user feedback.",
                   no_args_is_help=True)
@@ -28,6 +27,7 @@ def export(
     as_json: JsonOption = False,
 ) -> None:
     """Write captured conversations as chat JSONL, using corrected answers where users gave them."""
+    from hone.serve.capture import CaptureStore  # imported on use: it loads heavy models' code
     report = CaptureStore(db).export_report(out, min_rating=min_rating, model=model)
     if as_json:
         emit_json({**report, "model": model, "min_rating": min_rating})
@@ -43,6 +43,7 @@ def export(
 @app.command("stats")
 def stats(db: DbOption = None, as_json: JsonOption = False) -> None:
     """How much traffic and feedback has been captured, per model."""
+    from hone.serve.capture import CaptureStore  # imported on use: it loads heavy models' code
     figures = CaptureStore(db).stats()
     if as_json:
         emit_json(figures)

@@ -10,7 +10,6 @@ from rich.table import Table
 
 from hone.cli.output import console, emit_json
 from hone.cli.output import errors as stderr
-from hone.retrieval.store import build_index, open_index
 
 app = typer.Typer(help="Retrieval indexes that `hone serve` injects into prompts (fine-tune for style, RAG for "
                   "facts).", no_args_is_help=True)
@@ -27,6 +26,7 @@ def build(
     as_json: JsonOption = False,
 ) -> None:
     """Chunk the documents, embed each passage with all-MiniLM-L6-v2 and store them in one file."""
+    from hone.retrieval.store import build_index  # imported on use: it loads heavy models' code
     stats = build_index(docs_dir, out, words_per_chunk=words_per_chunk, overlap_words=overlap,
                         show_progress=not as_json and stderr.is_terminal)
     if as_json:
@@ -44,6 +44,7 @@ def search(
     as_json: JsonOption = False,
 ) -> None:
     """Show the passages most similar to the query, best first."""
+    from hone.retrieval.store import open_index  # imported on use: it loads heavy models' code
     hits = open_index(index).search(query, k)
     if as_json:
         emit_json({"index": str(index), "query": query, "hits": hits})
