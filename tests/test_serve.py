@@ -317,3 +317,27 @@ def test_real_model_serves_adapters_batched_through_the_sdk(tmp_path, monkeypatc
             return [reply.choices[0].message.content for reply in replies]
 
         assert asyncio.run(together()) == [base, adapted]
+
+
+def test_retrieved_passages_are_injected_and_returned_as_sources(tiny_model_dir, adapters, tmp_path):
+    from hone.retrieval.store import build_index
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "refunds.md").write_text("Refunds are paid within 14 days of the return arriving.\n")
+    (docs / "shipping.md").write_text("Parcels ship from Rotterdam every weekday.\n")
+    build_index(docs, tmp_path / "docs.index", show_progress=False)
+    settings = config(tiny_model_dir, adapters, tmp_path, indexes={"policies": tmp_path / "docs.index"})
+    question = [{"role": "user", "content": "How fast are refunds paid?"}]
+    with serve_app(create_app(settings)) as url:
+        plain = client(url).chat.completions.create(model="legal", messages=question, max_tokens=2)
+        grounded = client(url).chat.completions.create(model="legal", messages=question, max_tokens=2,
+                                                       extra_body={"index": "policies", "top_k": 1})
+        assert grounded.model_extra["sources"][0]["source"] == "refunds.md"
+        assert grounded.usage.prompt_tokens > plain.usage.prompt_tokens + 10  # the passage is in the prompt
+        with pytest.raises(openai.BadRequestError) as unknown:
+            client(url).chat.completions.create(model="legal", messages=question, extra_body={"index": "/etc"})
+        assert unknown.value.body["param"] == "index"
+        stream = client(url).chat.completions.create(model="legal", messages=question, max_tokens=2, stream=True,
+                                                     extra_body={"index": "policies", "top_k": 1})
+        assert [c.model_extra.get("sources") for c in stream][-1][0]["source"] == "refunds.md"

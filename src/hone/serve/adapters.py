@@ -114,6 +114,10 @@ class LoadedAdapters:
         self.base = base
         self.capacity = capacity
         self._order: OrderedDict[str, Path] = OrderedDict()
+        self._rows: list[str] | None = None  # PEFT adapter name per batch row for the next forward
+        self._lora_layers: list = []
+        self._hooked: set[int] = set()
+        self._enabled = True
 
     @property
     def names(self) -> list[str]:
@@ -127,6 +131,47 @@ class LoadedAdapters:
 
     def touch(self, name: str) -> None:
         self._order.move_to_end(name)
+
+    def route(self, adapters: list[str | None]) -> None:
+        """Make the next forward apply `adapters[i]` (None: the base) to batch row i.
+
+        A batch of base rows runs with the LoRA layers switched off, a batch on one adapter runs PEFT's
+        plain path with that adapter active, and a mixed batch passes PEFT's `adapter_names` to every LoRA
+        layer. The names are injected by hooks registered once per layer, instead of PEFT's per-call
+        registration, which walks every module of the model each step.
+        """
+        if not self.has_peft:
+            return
+        used = set(adapters)
+        for name in used - {None}:
+            self.touch(name)
+        self._enable(used != {None})
+        if len(used) == 1 and None not in used:
+            if self.model.active_adapter != adapters[0]:
+                self.model.set_adapter(adapters[0])
+            self._rows = None
+        else:
+            self._rows = None if used == {None} else [name or BASE_ROW for name in adapters]
+
+    def _enable(self, enabled: bool) -> None:
+        if enabled != self._enabled:
+            for layer in self._lora_layers:
+                layer.enable_adapters(enabled)
+            self._enabled = enabled
+
+    def _hook_lora_layers(self) -> None:
+        from peft.tuners.lora import LoraLayer
+
+        for module in self.model.modules():
+            if isinstance(module, LoraLayer) and id(module) not in self._hooked:
+                module.register_forward_pre_hook(self._inject_rows, with_kwargs=True)
+                self._hooked.add(id(module))
+                self._lora_layers.append(module)
+
+    def _inject_rows(self, _module, args, kwargs):
+        if self._rows is not None:
+            kwargs["adapter_names"] = self._rows
+        return args, kwargs
 
     def ensure(self, source: AdapterSource, in_use: set[str]) -> bool:
         """Load `source` if it is not in memory, evicting the least recently used idle adapter to make room;
@@ -143,8 +188,10 @@ class LoadedAdapters:
                 return False
             self.unload(idle)
         self.model = attach_adapter(self.model, source.adapter_dir, self.base, name=source.name)
+        self._enable(True)
         self.model.set_adapter(source.name)  # PEFT needs a valid active adapter even for mixed batches
         self.model.eval()
+        self._hook_lora_layers()
         self._order[source.name] = source.adapter_dir
         return True
 
@@ -153,7 +200,10 @@ class LoadedAdapters:
         if self._order.pop(name, None) is None:
             return
         if not self._order:
+            self._enable(True)
             self.model = self.model.unload()  # the last one: back to the plain base, no LoRA layers left
+            self._hooked.clear()
+            self._lora_layers.clear()
             return
         self.model.delete_adapter(name)
         self.model.set_adapter(next(iter(self._order)))

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -239,6 +239,11 @@ class Generation:
     def usage(self) -> dict:
         return api.usage(self.prompt_tokens, len(self.sequence.generated))
 
+    def cancel(self) -> None:
+        """Free the sequence's batch slot now if it is still generating (the reader has gone)."""
+        if not self.sequence.finished:
+            self.server.engine.cancel(self.sequence)
+
     async def events(self) -> AsyncIterator[Event]:
         """Events until the last one; raises APIError on engine errors and on timeout."""
         engine = self.server.engine
@@ -256,8 +261,7 @@ class Generation:
                 if event.finish_reason:
                     return
         finally:
-            if not self.sequence.finished:
-                engine.cancel(self.sequence)
+            self.cancel()
 
     async def _next(self) -> Event | None:
         while True:
@@ -273,9 +277,9 @@ class Generation:
                 if await self.request.is_disconnected():
                     return None
 
-    async def collect(self) -> tuple[str, str]:
-        """The whole text and finish reason (for non-streaming responses)."""
-        parts, finish_reason = [], "stop"
+    async def collect(self) -> tuple[str, str | None]:
+        """The whole text and finish reason (for non-streaming responses); None when the client left."""
+        parts, finish_reason = [], None
         async for event in self.events():
             parts.append(event.text)
             finish_reason = event.finish_reason or finish_reason
@@ -294,6 +298,8 @@ async def _respond(server: Server, request: Request, slot: Slot, body: api.Gener
             text, finish_reason = await generation.collect()
         finally:
             slot.release()
+        if finish_reason is None:
+            return Response(status_code=204)  # the client is gone; nothing to answer or capture
         await server.record(body.model, response_id, body, text, generation.usage)
         build = api.chat_response if chat else api.completion_response
         return JSONResponse(build(response_id, body.model, text, finish_reason, generation.usage, extra))
@@ -318,6 +324,7 @@ async def _stream(server: Server, generation: Generation, slot: Slot, writer: ap
     except api.APIError as error:
         yield writer.error(error)
     finally:
+        generation.cancel()
         slot.release()
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from hone.serve.adapters import BASE_ROW, AdapterRegistry, AdapterSource, LoadedAdapters
+from hone.serve.adapters import AdapterRegistry, AdapterSource, LoadedAdapters
 from hone.serve.kv import BatchCache, left_pad
 
 log = logging.getLogger("hone.serve")
@@ -289,19 +289,16 @@ class Engine:
                 for sequence in admitted:
                     sequence.send(Event("", finish_reason="error", error=f"generation failed: {error}"))
 
-    def _adapter_kwargs(self, rows: list[Sequence]) -> dict:
-        if not self.loaded.has_peft:
-            return {}
-        for seq in rows:
-            if seq.adapter:
-                self.loaded.touch(seq.adapter)
-        return {"adapter_names": [seq.adapter or BASE_ROW for seq in rows]}
+    def _forward(self, rows: list[Sequence], **inputs):
+        """One forward pass of the shared model, each row with its own adapter (or none)."""
+        self.loaded.route([seq.adapter for seq in rows])
+        return self.model(**inputs, use_cache=True)
 
     def _prefill(self, rows: list[Sequence]) -> None:
         input_ids, mask, positions = left_pad([seq.prompt_ids for seq in rows], self.pad_id, self.device)
         cache = DynamicCache()
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                         use_cache=True, logits_to_keep=1, **self._adapter_kwargs(rows))
+        out = self._forward(rows, input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                            logits_to_keep=1)
         for seq in rows:
             seq.generator = _generator(seq.params.seed, self.device)
         tokens = self._sample(out.logits[:, -1, :], rows)
@@ -311,9 +308,8 @@ class Engine:
     def _decode(self) -> None:
         running = self.running
         mask = running.cache.grow()
-        out = self.model(input_ids=running.next_tokens[:, None], attention_mask=mask,
-                         position_ids=running.positions[:, None], cache=running.cache.cache,
-                         use_cache=True, **self._adapter_kwargs(running.rows))
+        out = self._forward(running.rows, input_ids=running.next_tokens[:, None], attention_mask=mask,
+                            position_ids=running.positions[:, None], cache=running.cache.cache)
         running.cache.cache = out.cache
         running.positions = running.positions + 1
         tokens = self._sample(out.logits[:, -1, :], running.rows)
