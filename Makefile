@@ -31,6 +31,7 @@ lint: install
 bench: install
 	$(PY) bench/train_throughput.py
 	$(PY) bench/curate_throughput.py
+	$(PY) bench/serve_throughput.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 from test_eval_run import make_run_dir
 from typer.testing import CliRunner
 
@@ -55,3 +56,21 @@ def test_run_dir_without_base_model_names_the_file_and_key(tmp_path):
     (tmp_path / "config.yaml").write_text("method: lora\n")
     with pytest.raises(HoneError, match=r"config\.yaml: no 'base_model' key"):
         load_for_inference(tmp_path)
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+def test_the_last_position_logits_never_copy_the_vocabulary_matrix(tiny_model_dir, rows):
+    from torch.profiler import profile
+
+    from hone.models import load_model
+
+    model = load_model(str(tiny_model_dir)).eval().requires_grad_(False)  # frozen, as under PEFT
+    ids = torch.randint(5, 300, (rows, 12))
+    with torch.inference_mode(), profile(record_shapes=True) as trace:
+        last = model(input_ids=ids, logits_to_keep=1).logits
+    with torch.inference_mode():
+        torch.testing.assert_close(last, model(input_ids=ids).logits[:, -1:])
+    vocab = model.lm_head.weight.shape[0]
+    per_row = [event.input_shapes for event in trace.key_averages(group_by_input_shape=True)
+               if event.key in {"aten::bmm", "aten::copy_"} and any(vocab in shape for shape in event.input_shapes)]
+    assert not per_row  # one matmul with the vocabulary matrix, not a batch of per-row copies of it

@@ -168,4 +168,15 @@ def load_model(name: str, dtype: torch.dtype | None = None, device: str = "cpu",
         str(local_model_dir(name)), dtype=dtype or torch.float32, attn_implementation="sdpa",
         quantization_config=quantization,
     )
+    model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
     return model.to(device)
+
+
+def _contiguous_input(_module, args):
+    # generate's `logits_to_keep=1` hands the lm_head a strided slice of the last positions; with frozen
+    # weights PyTorch then multiplies by a per-row copy of the whole vocabulary matrix (1 s per batch of 16).
+    # `contiguous()` is not enough: a batch of one counts as contiguous and keeps its strides.
+    hidden = args[0]
+    if hidden.dim() == 3 and hidden.stride(0) != hidden.shape[1] * hidden.stride(1):
+        hidden = hidden.clone(memory_format=torch.contiguous_format)
+    return (hidden, *args[1:])

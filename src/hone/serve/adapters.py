@@ -17,8 +17,7 @@ import yaml
 
 from hone.errors import HoneError
 from hone.models.finetuned import ADAPTER_FILES, attach_adapter
-
-BASE_ROW = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
+from hone.serve.lora_rows import RowAdapters, RowLoraLayer, unsupported
 
 
 @dataclass(frozen=True)
@@ -107,71 +106,32 @@ class AdapterRegistry:
 
 
 class LoadedAdapters:
-    """The adapters inside the shared PEFT model, least recently used first; engine thread only."""
+    """The adapters inside the shared PEFT model, least recently used first; engine thread only.
+
+    PEFT loads and removes the adapters' weights; `hone.serve.lora_rows` computes them, each batch row
+    with its own adapter.
+    """
 
     def __init__(self, model, base: str, capacity: int):
         self.model = model  # the plain base until the first adapter arrives, then a PeftModel
         self.base = base
         self.capacity = capacity
         self._order: OrderedDict[str, Path] = OrderedDict()
-        self._rows: list[str] | None = None  # PEFT adapter name per batch row for the next forward
-        self._lora_layers: list = []
-        self._hooked: set[int] = set()
-        self._enabled = True
+        self.rows = RowAdapters()
+        self._layers: dict[int, RowLoraLayer] = {}  # by id of the PEFT LoRA layer
 
     @property
     def names(self) -> list[str]:
         return list(self._order)
 
-    @property
-    def has_peft(self) -> bool:
-        from peft import PeftModel
-
-        return isinstance(self.model, PeftModel)
-
     def touch(self, name: str) -> None:
         self._order.move_to_end(name)
 
     def route(self, adapters: list[str | None]) -> None:
-        """Make the next forward apply `adapters[i]` (None: the base) to batch row i.
-
-        A batch of base rows runs with the LoRA layers switched off, a batch on one adapter runs PEFT's
-        plain path with that adapter active, and a mixed batch passes PEFT's `adapter_names` to every LoRA
-        layer. The names are injected by hooks registered once per layer, instead of PEFT's per-call
-        registration, which walks every module of the model each step.
-        """
-        if not self.has_peft:
-            return
-        used = set(adapters)
-        for name in used - {None}:
+        """Make the next forward apply `adapters[i]` (None: the base) to batch row i."""
+        for name in set(adapters) - {None}:
             self.touch(name)
-        self._enable(used != {None})
-        if len(used) == 1 and None not in used:
-            if self.model.active_adapter != adapters[0]:
-                self.model.set_adapter(adapters[0])
-            self._rows = None
-        else:
-            self._rows = None if used == {None} else [name or BASE_ROW for name in adapters]
-
-    def _enable(self, enabled: bool) -> None:
-        if enabled != self._enabled:
-            for layer in self._lora_layers:
-                layer.enable_adapters(enabled)
-            self._enabled = enabled
-
-    def _hook_lora_layers(self) -> None:
-        from peft.tuners.lora import LoraLayer
-
-        for module in self.model.modules():
-            if isinstance(module, LoraLayer) and id(module) not in self._hooked:
-                module.register_forward_pre_hook(self._inject_rows, with_kwargs=True)
-                self._hooked.add(id(module))
-                self._lora_layers.append(module)
-
-    def _inject_rows(self, _module, args, kwargs):
-        if self._rows is not None:
-            kwargs["adapter_names"] = self._rows
-        return args, kwargs
+        self.rows.set(adapters)
 
     def ensure(self, source: AdapterSource, in_use: set[str]) -> bool:
         """Load `source` if it is not in memory, evicting the least recently used idle adapter to make room;
@@ -187,12 +147,16 @@ class LoadedAdapters:
             if idle is None:
                 return False
             self.unload(idle)
-        self.model = attach_adapter(self.model, source.adapter_dir, self.base, name=source.name)
-        self._enable(True)
-        self.model.set_adapter(source.name)  # PEFT needs a valid active adapter even for mixed batches
-        self.model.eval()
-        self._hook_lora_layers()
+        self.model = attach_adapter(self.model, source.adapter_dir, self.base, name=source.name).eval()
         self._order[source.name] = source.adapter_dir
+        problem = self._unsupported(source.name)
+        if problem:
+            self.unload(source.name)
+            raise HoneError(f"adapter '{source.name}' ({source.adapter_dir}) uses {problem}, which hone serve "
+                            "cannot batch with other adapters",
+                            hint="merge it into a standalone model with `hone export RUN_DIR --merge --out DIR` "
+                            "and serve that folder with --base DIR")
+        self._restack()
         return True
 
     def unload(self, name: str) -> None:
@@ -200,10 +164,29 @@ class LoadedAdapters:
         if self._order.pop(name, None) is None:
             return
         if not self._order:
-            self._enable(True)
             self.model = self.model.unload()  # the last one: back to the plain base, no LoRA layers left
-            self._hooked.clear()
-            self._lora_layers.clear()
+            self._layers.clear()
             return
         self.model.delete_adapter(name)
-        self.model.set_adapter(next(iter(self._order)))
+        self._restack()
+
+    def _unsupported(self, name: str) -> str | None:
+        """What adapter `name` uses that the row-wise forward does not compute, or None."""
+        from peft.tuners.lora import LoraLayer
+
+        config = self.model.peft_config[name]
+        for field in ("modules_to_save", "trainable_token_indices"):
+            if getattr(config, field, None):
+                return f"{field} ({getattr(config, field)})"
+        return next((problem for module in self.model.modules() if isinstance(module, LoraLayer)
+                     and name in module.r and (problem := unsupported(module, name))), None)
+
+    def _restack(self) -> None:
+        """After a load or unload: take over new LoRA layers' forward and restack every layer's adapters."""
+        from peft.tuners.lora import LoraLayer
+
+        for module in self.model.modules():
+            if isinstance(module, LoraLayer) and id(module) not in self._layers:
+                self._layers[id(module)] = RowLoraLayer(module, self.rows)
+        for layer in self._layers.values():
+            layer.rebuild(list(self._order))

@@ -1,0 +1,256 @@
+"""Serving throughput: hone's continuously batched, mixed-adapter server against one-at-a-time `generate`.
+
+4 LoRA adapters (hone's default LoRA shape, random non-zero B) on SmolLM2-135M-Instruct. `hone serve` runs
+in its own process, as in production; 8 concurrent clients, spread over the 4 adapters, send the same
+requests over a real socket with the OpenAI SDK. The anchor serves those requests one at a time with
+plain transformers `generate` on a PeftModel (`set_adapter` per request) in this process, with the CPU
+thread count that is fastest for it (probed in the same run), while no server is running. Every request
+generates exactly MAX_TOKENS tokens (`ignore_eos`, and `min_new_tokens` for the anchor), so both sides do
+the same work. Then the per-token latency of a lone adapter request against a lone base request on the
+server. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+MODEL = "smollm2-135m-instruct"
+ADAPTERS = [f"specialist-{i}" for i in range(4)]
+CLIENTS = 8
+REQUESTS_PER_CLIENT = 2
+MAX_TOKENS = 64
+LATENCY_REPEATS = 3
+QUESTIONS = [
+    "My order arrived damaged. What should I do?", "How do I reset my password?",
+    "Can I change the delivery address after paying?", "Why was my card charged twice?",
+    "Write a short apology for a late delivery.", "What is your refund policy for opened items?",
+    "Summarise this ticket: customer cannot log in after the update.", "Is there a student discount?",
+]
+
+
+def make_adapters(folder: Path) -> dict[str, Path]:
+    """Run directories for ADAPTERS: hone's default LoRA (r 16, alpha 32, all linear layers), random B."""
+    from peft import LoraConfig, get_peft_model
+
+    from hone.models import load_model
+    from hone.train.config import LoraConfig as HoneLora
+
+    defaults = HoneLora()
+    runs = {}
+    for seed, name in enumerate(ADAPTERS):
+        torch.manual_seed(seed)
+        lora = LoraConfig(r=defaults.r, lora_alpha=defaults.alpha, target_modules=defaults.target_modules)
+        model = get_peft_model(load_model(MODEL), lora)
+        for parameter_name, parameter in model.named_parameters():
+            if "lora_B" in parameter_name:
+                torch.nn.init.normal_(parameter, std=0.02)
+        run = folder / name
+        model.save_pretrained(run / "adapter")
+        (run / "config.yaml").write_text(yaml.safe_dump({"base_model": MODEL}))
+        runs[name] = run
+    return runs
+
+
+def workload() -> list[tuple[int, str, list[dict]]]:
+    """(client, adapter, messages) for every request; client c uses adapter c % 4."""
+    return [(client, ADAPTERS[client % len(ADAPTERS)],
+             [{"role": "user", "content": QUESTIONS[(client + turn * 3) % len(QUESTIONS)]}])
+            for client in range(CLIENTS) for turn in range(REQUESTS_PER_CLIENT)]
+
+
+class OneAtATime:
+    """The anchor: each request alone through `generate` on a PeftModel holding all four adapters."""
+
+    def __init__(self, runs: dict[str, Path]):
+        from hone.models import frozen_dtype, load_model, load_tokenizer
+        from hone.models.finetuned import attach_adapter
+
+        self.tokenizer = load_tokenizer(MODEL)
+        model = load_model(MODEL, dtype=frozen_dtype("cpu"))
+        for name, run in runs.items():
+            model = attach_adapter(model, run / "adapter", MODEL, name=name)
+        self.model = model.eval()
+        self.seconds, self.tokens, self.texts = 0.0, 0, {}
+
+    def fastest_threads(self, jobs) -> int:
+        """The CPU thread count (1 or all cores) at which `generate` runs these requests fastest."""
+        timings = {}
+        for threads in sorted({1, os.cpu_count() or 1}):
+            torch.set_num_threads(threads)
+            started = time.perf_counter()
+            self.serve(jobs, [0, 1], record=False)
+            timings[threads] = time.perf_counter() - started
+        best = min(timings, key=timings.get)
+        torch.set_num_threads(best)
+        return best
+
+    def serve(self, jobs, indices: list[int], record: bool = True) -> None:
+        from hone.data.render import render_prompt
+
+        started = time.perf_counter()
+        with torch.inference_mode():
+            for index in indices:
+                _, adapter, messages = jobs[index]
+                self.model.set_adapter(adapter)
+                ids = torch.tensor([render_prompt(self.tokenizer, messages)])
+                out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                          max_new_tokens=MAX_TOKENS, min_new_tokens=MAX_TOKENS,
+                                          pad_token_id=self.tokenizer.pad_token_id)
+                new = out[0, ids.shape[1]:]
+                if record:
+                    self.tokens += len(new)
+                    self.texts[index] = self.tokenizer.decode(new, skip_special_tokens=True)
+        if record:
+            self.seconds += time.perf_counter() - started
+
+    def result(self) -> dict:
+        return {"seconds": round(self.seconds, 2), "tokens": self.tokens,
+                "tokens_per_s": round(self.tokens / self.seconds, 2),
+                "texts": [self.texts[i] for i in range(len(self.texts))]}
+
+
+class Served:
+    """`hone serve` in its own process on a free 127.0.0.1 port, as it runs in production."""
+
+    def __init__(self, config: Path):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.command = [sys.executable, "-m", "hone", "serve", "--config", str(config), "--port", str(self.port)]
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> str:
+        import httpx
+
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"hone serve exited with code {self.process.returncode}")
+            try:
+                if httpx.get(self.url.removesuffix("/v1") + "/health", timeout=2).status_code == 200:
+                    return self.url
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise SystemExit("hone serve did not become ready within 300 s")
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+
+
+async def concurrent_clients(url: str, jobs) -> dict:
+    """CLIENTS clients at once, each sending its requests one after another."""
+    from openai import AsyncOpenAI
+
+    sdk = AsyncOpenAI(base_url=url, api_key="bench", max_retries=0, timeout=600)
+    texts: dict[int, str] = {}
+
+    async def client(number: int) -> int:
+        tokens = 0
+        for index, (owner, adapter, messages) in enumerate(jobs):
+            if owner != number:
+                continue
+            reply = await sdk.chat.completions.create(model=adapter, messages=messages, max_tokens=MAX_TOKENS,
+                                                      temperature=0, extra_body={"ignore_eos": True})
+            tokens += reply.usage.completion_tokens
+            texts[index] = reply.choices[0].message.content
+        return tokens
+
+    started = time.perf_counter()
+    tokens = sum(await asyncio.gather(*[client(c) for c in range(CLIENTS)]))
+    seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 2), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 2),
+            "texts": [texts[i] for i in range(len(jobs))]}
+
+
+async def per_token_latency(url: str, model: str) -> float:
+    """Seconds between tokens of one streamed request on an otherwise idle server."""
+    from openai import AsyncOpenAI
+
+    sdk = AsyncOpenAI(base_url=url, api_key="bench", max_retries=0, timeout=600)
+    stream = await sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": QUESTIONS[0]}],
+                                               max_tokens=MAX_TOKENS, temperature=0, stream=True,
+                                               stream_options={"include_usage": True},
+                                               extra_body={"ignore_eos": True})
+    first = last = None
+    tokens = 0
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            last = time.perf_counter()
+            first = first or last
+        if chunk.usage:
+            tokens = chunk.usage.completion_tokens
+    return (last - first) / (tokens - 1)
+
+
+async def latencies(url: str) -> dict[str, float]:
+    """Median per-token latency of the base and of an adapter, measured alternately."""
+    samples = {"base": [], "adapter": []}
+    for _ in range(LATENCY_REPEATS):
+        samples["base"].append(await per_token_latency(url, MODEL))
+        samples["adapter"].append(await per_token_latency(url, ADAPTERS[0]))
+    return {kind: statistics.median(values) for kind, values in samples.items()}
+
+
+def main() -> None:
+    from hone.models import frozen_dtype
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server-threads", type=int, default=None,
+                        help="CPU threads of `hone serve` (default: PyTorch's choice, as a user gets it)")
+    args = parser.parse_args()
+    jobs = workload()
+    half = len(jobs) // 2
+    with tempfile.TemporaryDirectory(prefix="hone-serve-bench-") as folder:
+        runs = make_adapters(Path(folder))
+        config = Path(folder) / "serve.yaml"
+        config.write_text(yaml.safe_dump({
+            "base": MODEL, "adapters": {name: str(run) for name, run in runs.items()}, "max_batch": CLIENTS,
+            "max_adapters": len(ADAPTERS), "threads": args.server_threads,
+            "database": f"sqlite:///{Path(folder) / 'hone.db'}"}))
+        anchor = OneAtATime(runs)
+        anchor_threads = anchor.fastest_threads(jobs)
+        # The anchor's two halves bracket hone's run, so a change in the machine's load hits both alike.
+        print(f"anchor, first half: one request at a time with transformers generate, {anchor_threads} thread(s)",
+              file=sys.stderr)
+        anchor.serve(jobs, list(range(half)))
+        with Served(config) as url:
+            asyncio.run(per_token_latency(url, ADAPTERS[1]))  # warm-up: loads an adapter, first forwards
+            print(f"hone serve: {CLIENTS} concurrent clients over {len(ADAPTERS)} adapters ...", file=sys.stderr)
+            served = asyncio.run(concurrent_clients(url, jobs))
+            print("per-token latency: base vs adapter ...", file=sys.stderr)
+            latency = asyncio.run(latencies(url))
+        print("anchor, second half ...", file=sys.stderr)
+        anchor.serve(jobs, list(range(half, len(jobs))))
+    anchor = anchor.result()
+    same = sum(a == b for a, b in zip(anchor.pop("texts"), served.pop("texts"), strict=True))
+    overhead = latency["adapter"] / latency["base"] - 1
+    print(json.dumps({
+        "benchmark": "serve_throughput", "model": MODEL, "adapters": len(ADAPTERS), "clients": CLIENTS,
+        "requests": len(jobs), "max_tokens": MAX_TOKENS, "dtype": str(frozen_dtype("cpu")),
+        "anchor_threads": anchor_threads, "server_threads": args.server_threads or "pytorch default",
+        "anchor_one_at_a_time": anchor, "hone_concurrent": served,
+        "speedup": round(served["tokens_per_s"] / anchor["tokens_per_s"], 2), "target_speedup": 4.0,
+        "latency_ms_per_token": {kind: round(value * 1000, 2) for kind, value in latency.items()},
+        "adapter_latency_overhead": round(overhead, 4), "target_overhead": 0.15,
+        "greedy_replies_equal_to_anchor": f"{same}/{len(jobs)}",
+    }))
+
+
+if __name__ == "__main__":
+    main()
