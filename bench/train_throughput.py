@@ -259,8 +259,9 @@ def ablation_specs(steps: int, native_bf16: bool) -> list[dict]:
         flips["all_off"] = {"packing": False, "chunked_loss": False}
     specs = [{"kind": "hone", "name": f"ablation_{name}", "settings": hone_settings(switches), "max_steps": steps}
              for name, switches in flips.items()]
-    specs += [{"kind": "hone", "name": method, "settings": hone_settings({}, method), "max_steps": steps}
-              for method in ("qlora", "dpo")]
+    # DPO scores each pair as two whole sequences, so it runs unpacked.
+    specs += [{"kind": "hone", "name": method, "settings": hone_settings(switches, method), "max_steps": steps}
+              for method, switches in (("qlora", {}), ("dpo", {"packing": False}))]
     return specs
 
 

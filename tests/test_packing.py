@@ -48,10 +48,10 @@ def packed_rows(examples: list[RenderedExample]) -> tuple[list[int], list[list[R
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_packed_logits_equal_unpacked_for_every_token(tiny_model_dir, attention):
-    model = load_model(tiny_model_dir, attention)
+    model = load_model(tiny_model_dir, attention)  # whatever it was loaded with, packing switches it
     examples = random_examples(LENGTHS, model.config.vocab_size)
     order, rows = packed_rows(examples)
-    batch = collate_packed(rows, pad_id=0)
+    batch = collate_packed(rows)
     head = model.get_output_embeddings()
     with torch.no_grad():
         packed = head(packed_hidden_states(model, batch))
@@ -64,7 +64,7 @@ def test_packed_nll_per_example_equals_unpacked(tiny_model_dir):
     model = load_model(tiny_model_dir)
     examples = random_examples(LENGTHS, model.config.vocab_size)
     order, rows = packed_rows(examples)
-    batch = collate_packed(rows, pad_id=0)
+    batch = collate_packed(rows)
     with torch.no_grad():
         nll, counts = packed_target_token_nll(model, batch, chunk_size=16)
         alone = [target_token_nll(model, collate([examples[i]], pad_id=0)) for i in order]
@@ -74,24 +74,25 @@ def test_packed_nll_per_example_equals_unpacked(tiny_model_dir):
     assert batch.num_tokens == sum(LENGTHS)
 
 
-def test_target_token_nll_accepts_a_packed_batch(tiny_model_dir):
+def test_a_packed_sequence_is_processed_per_example_not_at_its_whole_length(tiny_model_dir):
+    from torch.profiler import profile
+
     model = load_model(tiny_model_dir)
     examples = random_examples(LENGTHS, model.config.vocab_size)
     _, rows = packed_rows(examples)
-    batch = collate_packed(rows, pad_id=0)
-    with torch.no_grad():
-        per_example, _ = packed_target_token_nll(model, batch)
-        per_row, counts = target_token_nll(model, batch)
-    row_of = torch.tensor([row for row, examples in enumerate(rows) for _ in examples])
-    torch.testing.assert_close(per_row, torch.zeros(len(rows)).index_add(0, row_of, per_example), atol=1e-4, rtol=0)
-    assert int(counts.sum()) == batch.num_trained
+    with torch.no_grad(), profile(record_shapes=True) as trace:
+        packed_target_token_nll(model, collate_packed(rows))
+    attended = {shape[0][2] for event in trace.key_averages(group_by_input_shape=True)
+                if "scaled_dot_product" in event.key and event.input_shapes and len(shape := event.input_shapes) > 2
+                and len(shape[0]) == 4}
+    assert attended == set(LENGTHS)  # no query ever spans two examples or the whole sequence
 
 
 def test_packed_gradients_equal_sum_of_separate_examples(tiny_model_dir):
     model = load_model(tiny_model_dir)
     examples = random_examples(LENGTHS, model.config.vocab_size, seed=1)
     _, rows = packed_rows(examples)
-    packed_target_token_nll(model, collate_packed(rows, pad_id=0))[0].sum().backward()
+    packed_target_token_nll(model, collate_packed(rows))[0].sum().backward()
     packed = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()
     for example in examples:
@@ -102,15 +103,12 @@ def test_packed_gradients_equal_sum_of_separate_examples(tiny_model_dir):
 
 def test_boundary_tokens_are_never_targets():
     examples = [RenderedExample(input_ids=[5] * n, trained=[True] * n, text="") for n in (4, 3, 5)]
-    batch = collate_packed([examples[:2], examples[2:]], pad_id=0)
-    assert batch.trained.tolist() == [[False, True, True, True, False, True, True],
-                                      [False, True, True, True, True, False, False]]
-    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 2], [0, 1, 2, 3, 4, 0, 1]]
-    assert batch.example_index.tolist() == [[0, 0, 0, 0, 1, 1, 1], [2, 2, 2, 2, 2, -1, -1]]
-    assert batch.num_trained == 3 + 2 + 4
-    causal = [torch.ones(n, n, dtype=torch.bool).tril() for n in (4, 3, 5, 2)]
-    assert torch.equal(batch.attention_mask[0, 0], torch.block_diag(*causal[:2]))
-    assert torch.equal(batch.attention_mask[1, 0], torch.block_diag(*causal[2:]))  # padding sees no real token
+    batch = collate_packed([examples[:2], examples[2:]])
+    assert batch.trained.tolist() == [[False, True, True, True, False, True, True, False, True, True, True, True]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3, 4]]
+    assert batch.example_index.tolist() == [[0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2]]
+    assert batch.cu_seq_lens.tolist() == [0, 4, 7, 12]
+    assert batch.num_trained == 3 + 2 + 4 and batch.num_tokens == 12  # no padding
 
 
 def test_pack_examples_places_every_index_once_within_max_length():

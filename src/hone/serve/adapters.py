@@ -17,7 +17,7 @@ import yaml
 
 from hone.errors import HoneError
 from hone.models.finetuned import ADAPTER_FILES, attach_adapter
-from hone.serve.lora_rows import RowAdapters, RowLoraLayer, unsupported
+from hone.serve.lora_rows import RowAdapters, RowLoraLayer, SharedInput, unsupported
 
 
 @dataclass(frozen=True)
@@ -182,11 +182,20 @@ class LoadedAdapters:
                      and name in module.r and (problem := unsupported(module, name))), None)
 
     def _restack(self) -> None:
-        """After a load or unload: take over new LoRA layers' forward and restack every layer's adapters."""
+        """After a load or unload: take over new LoRA layers' forward, restack every layer's adapters, and
+        group the sibling layers whose inputs have one width (see `SharedInput`)."""
         from peft.tuners.lora import LoraLayer
 
-        for module in self.model.modules():
-            if isinstance(module, LoraLayer) and id(module) not in self._layers:
-                self._layers[id(module)] = RowLoraLayer(module, self.rows)
-        for layer in self._layers.values():
-            layer.rebuild(list(self._order))
+        siblings: dict[tuple[str, int], list[RowLoraLayer]] = {}
+        for name, module in self.model.named_modules():
+            if isinstance(module, LoraLayer):
+                if id(module) not in self._layers:
+                    self._layers[id(module)] = RowLoraLayer(module, self.rows)
+                layer = self._layers[id(module)]
+                layer.rebuild(list(self._order))
+                siblings.setdefault((name.rpartition(".")[0], module.in_features), []).append(layer)
+        for members in siblings.values():
+            group = SharedInput(members)
+            group.rebuild()
+            for layer in members:
+                layer.shared = group

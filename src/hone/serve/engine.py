@@ -2,7 +2,7 @@
 
 Each step (1) applies queued control commands (adapter loads/unloads), (2) drops cancelled sequences,
 (3) admits waiting requests up to `max_batch` by prefilling them, (4) runs ONE batched decode forward over
-all running sequences with PEFT's mixed-adapter batch (`adapter_names` per row), (5) samples a token per
+all running sequences, each row with its own adapter (`hone.serve.lora_rows`), (5) samples a token per
 row, streams the new text to each request's asyncio queue, and retires finished rows at once, so a short
 request never waits for a long one.
 """

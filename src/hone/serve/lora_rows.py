@@ -74,12 +74,47 @@ class RowAdapters:
         return self._indexes[layout]
 
 
+class SharedInput:
+    """Sibling LoRA layers with inputs of one width (q, k, v and o; gate and up): their x @ A as one matmul.
+
+    The first member to see a new input computes the product for all and the others take their columns of
+    it when they are called with that same tensor (q, k and v are); one called with another input (o)
+    computes it again. The product is kept per key: one adapter for all rows, or None for the whole stack.
+    """
+
+    def __init__(self, members: list[RowLoraLayer]):
+        self.members = members
+        self.a: dict[str | None, tuple[torch.Tensor, dict[RowLoraLayer, slice]]] = {}
+        self._last: tuple[torch.Tensor, str | None, torch.Tensor] | None = None  # input, key, product
+
+    def rebuild(self) -> None:
+        """Concatenate the members' A matrices (after they have rebuilt their own)."""
+        self._last, self.a = None, {}
+        for key in {None} | {name for member in self.members for name in member.single}:
+            parts = [(member, member.a if key is None else member.single[key][0]) for member in self.members
+                     if (member.a if key is None else member.single.get(key)) is not None]
+            spans, start = {}, 0
+            for member, a in parts:
+                spans[member], start = slice(start, start + a.shape[0]), start + a.shape[0]
+            if parts:
+                self.a[key] = (torch.cat([a for _, a in parts]), spans)
+
+    def product(self, member: RowLoraLayer, x: torch.Tensor, key: str | None) -> torch.Tensor:
+        """`x @ member's A.T` for adapter `key` (None: all of the member's adapters, stacked)."""
+        a, spans = self.a[key]
+        last = self._last
+        if last is None or last[0] is not x or last[1] != key:
+            last = self._last = (x, key, (x if x.dtype == a.dtype else x.to(a.dtype)) @ a.T)
+        return last[2][..., spans[member]]
+
+
 class RowLoraLayer:
     """One PEFT LoRA layer whose forward applies each row's own adapter."""
 
     def __init__(self, layer, rows: RowAdapters):
         self.layer = layer
         self.rows = rows
+        self.shared = SharedInput([self])  # until LoadedAdapters groups the layers
         self.layout: tuple[tuple[str, int], ...] = ()
         self.a = self.b = None
         self.single: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # per adapter: A, (scaling * B).T
@@ -123,16 +158,16 @@ class RowLoraLayer:
         if rows.single is not None:
             if rows.single not in self.single:
                 return output  # this adapter leaves this layer alone
-            (a, b), mask, scale = self.single[rows.single], None, self.dora.get(rows.single)
+            b, mask, scale = self.single[rows.single][1], None, self.dora.get(rows.single)
         else:
-            a, b = self.a, self.b
-            mask = rows.mask(self.layout, a.device, a.dtype)
+            b = self.b
+            mask = rows.mask(self.layout, b.device, b.dtype)
             scale = self.dora_rows
             if scale is not None:
-                scale = scale.index_select(0, rows.index(self.layout, a.device))
+                scale = scale.index_select(0, rows.index(self.layout, b.device))
             if output.dim() == 3:
                 mask, scale = mask[:, None, :], None if scale is None else scale[:, None, :]
-        xa = (x if x.dtype == a.dtype else x.to(a.dtype)) @ a.T
+        xa = self.shared.product(self, x, rows.single)
         lora = (xa if mask is None else xa * mask) @ b
         if scale is None:
             return output.add_(lora)  # the base output is this call's own fresh tensor

@@ -149,6 +149,8 @@ class DPOTrainer(Trainer):
         for start in range(0, len(self.data.eval), size):
             indices = range(start, min(start + size, len(self.data.eval)))
             pairs = pair_batch([self.data.eval[i] for i in indices], [("eval", i) for i in indices], self.pad_id)
-            summarise(dpo_loss(sequence_logps(self.base, pairs.batch), self._reference_logps(pairs), self.beta), sums)
+            with self._autocast():
+                terms = dpo_loss(sequence_logps(self.base, pairs.batch), self._reference_logps(pairs), self.beta)
+            summarise(terms, sums)
         self.base.train(was_training)
         return means(sums, "eval_")

@@ -103,6 +103,9 @@ class Trainer:
         self.weights_folder = "model" if config.method == "full" else "adapter"
         self.pad_id = pad_id
         self.show_progress = show_progress
+        self.bf16_compute = frozen_dtype(self.base.device.type, config.training.precision) == torch.bfloat16
+        if self.bf16_compute and config.method in {"lora", "qlora", "dpo"}:
+            self._autocast_adapter_inputs()
         # This process's share of a multi-process run (a world of one: all).
         self.dist = Distributed.from_env(fsdp=config.training.distributed == "fsdp")
         self.lengths = [len(e) for e in data.train]
@@ -179,7 +182,7 @@ class Trainer:
         """The micro-batch of these units: padded examples, or packed rows."""
         if self.rows is None:
             return collate([self.data.train[i] for i in units], self.pad_id)
-        return collate_packed([[self.data.train[i] for i in self.rows[u]] for u in units], self.pad_id)
+        return collate_packed([[self.data.train[i] for i in self.rows[u]] for u in units])
 
     def _loss(self, batch) -> torch.Tensor:
         """Summed cross-entropy over the micro-batch's target tokens."""
@@ -189,11 +192,20 @@ class Trainer:
         return packed_target_token_nll(self.base, batch, chunked=chunked)[0].sum()
 
     def _autocast(self):
-        """bf16 compute for method full, whose trained weights stay float32; other methods already hold the
-        frozen weights in the chosen dtype."""
-        if self.config.method == "full" and frozen_dtype("cpu", self.config.training.precision) == torch.bfloat16:
+        """bf16 compute where the run's precision is bf16, over float32 trained weights (the whole model for
+        method full, the adapter otherwise: the frozen base already holds bf16)."""
+        if self.bf16_compute:
             return torch.autocast(self.base.device.type, dtype=torch.bfloat16)
         return nullcontext()
+
+    def _autocast_adapter_inputs(self) -> None:
+        """Let autocast cast plain LoRA layers' inputs: PEFT would first turn each bf16 input into float32 for
+        the float32 adapter, only for autocast to turn it back (DoRA keeps PEFT's casts for its weight norm)."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in self.model.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.cast_input_dtype_enabled = False
 
     def step_metrics(self) -> dict:
         """Extra figures logged with each optimizer step (DPO adds its rewards)."""

@@ -7,7 +7,8 @@ import torch
 from hone.models.scoring import Batch, target_token_nll
 
 
-def trained_token_loss(model, batch: Batch, chunk_size: int = 2048, chunked: bool = True) -> tuple[torch.Tensor, int]:
+def trained_token_loss(model, batch: Batch, chunk_size: int | None = None,
+                       chunked: bool = True) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the batch's trained target tokens, and their count."""
     per_row, counts = target_token_nll(model, batch, chunk_size, chunked)
     return per_row.sum(), int(counts.sum())

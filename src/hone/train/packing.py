@@ -1,15 +1,15 @@
-"""Sample packing: several short examples share one row, and no token ever sees another example.
+"""Sample packing: several short examples share one sequence, and no token ever sees another example.
 
-Each row holds whole examples back to back. Three things keep them apart:
-- the attention mask is block-diagonal causal (a token attends only to earlier tokens of its own example),
-- position ids restart at 0 for each example, so RoPE sees the same positions as an unpacked run,
+A micro-batch's examples go back to back into one sequence with no padding at all. Three things keep them
+apart:
+- attention runs per example: `packed_attention` (registered with transformers as "hone_packed") cuts the
+  sequence at the example boundaries (`cu_seq_lens`, as flash-attention's varlen kernels take them) and
+  runs causal SDPA on each piece, so its cost follows each example's own length, not the sequence's;
+- position ids restart at 0 for each example, so RoPE sees the same positions as an unpacked run;
 - the first token of every example is not a target, so the loss never trains "end of A -> start of B".
 
-Mask format: a 4D boolean tensor [batch, 1, seq, seq], True where a query may attend to a key. Transformers
-5.x passes any 4D mask through `create_causal_mask` untouched; SDPA takes a boolean mask as it is (for any
-model dtype, at a quarter of the memory of an fp32 one), while eager attention adds the mask to the scores,
-so `packed_hidden_states` turns it into an additive mask in the model's dtype for eager. Padding forms one
-more block of its own, so no query row is fully masked (which would put NaNs into the forward or backward).
+Batches are still drawn as rows of at most `data.max_length` tokens (`pack_examples`), so a step holds
+the same number of tokens whatever the data's lengths.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from dataclasses import dataclass
 import torch
 
 from hone.data.render import RenderedExample
-from hone.errors import HoneError
 from hone.models.scoring import grouped_target_nll
 
-PADDING = -1  # example index of padding tokens
+ATTENTION = "hone_packed"
 
 
 def pack_examples(lengths: list[int], max_length: int) -> list[list[int]]:
@@ -56,25 +55,25 @@ def packing_efficiency(lengths: list[int], rows: list[list[int]], max_length: in
 
 @dataclass
 class PackedBatch:
-    """Rows of packed examples, right-padded; usable wherever a `Batch` is read (same field names).
+    """Examples back to back in one sequence; usable wherever a `Batch` is read (same field names).
 
-    `attention_mask` is [batch, 1, seq, seq] boolean block-diagonal causal; `position_ids` restart at 0 per
-    example; `example_index` numbers the examples across the batch in row order (PADDING for padding).
+    `position_ids` restart at 0 per example; `example_index` numbers the examples in order; `cu_seq_lens`
+    holds where each example starts, and the sequence's length last.
     """
 
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
     trained: torch.Tensor
     position_ids: torch.Tensor
     example_index: torch.Tensor
+    cu_seq_lens: torch.Tensor
 
     @property
     def num_examples(self) -> int:
-        return int(self.example_index.max()) + 1
+        return len(self.cu_seq_lens) - 1
 
     @property
     def num_tokens(self) -> int:
-        return int((self.example_index != PADDING).sum())
+        return self.input_ids.shape[1]
 
     @property
     def num_trained(self) -> int:
@@ -82,61 +81,67 @@ class PackedBatch:
         return int(self.trained[:, 1:].sum())
 
 
-def collate_packed(examples_per_row: list[list[RenderedExample]], pad_id: int) -> PackedBatch:
-    """Concatenate each row's examples, right-pad to the longest row, and build the block-diagonal mask."""
-    width = max(sum(len(example) for example in row) for row in examples_per_row)
-    shape = (len(examples_per_row), width)
-    ids = torch.full(shape, pad_id, dtype=torch.long)
-    trained = torch.zeros(shape, dtype=torch.bool)
-    positions = torch.zeros(shape, dtype=torch.long)
-    example_index = torch.full(shape, PADDING, dtype=torch.long)
-    number = 0
-    for row, examples in enumerate(examples_per_row):
-        start = 0
-        for example in examples:
-            end = start + len(example)
-            ids[row, start:end] = torch.tensor(example.input_ids)
-            trained[row, start + 1:end] = torch.tensor(example.trained[1:], dtype=torch.bool)
-            positions[row, start:end] = torch.arange(len(example))
-            example_index[row, start:end] = number
-            start, number = end, number + 1
-        positions[row, start:] = torch.arange(width - start)
-    return PackedBatch(input_ids=ids, attention_mask=block_causal_mask(example_index), trained=trained,
-                       position_ids=positions, example_index=example_index)
+def collate_packed(examples_per_row: list[list[RenderedExample]]) -> PackedBatch:
+    """Every example of the rows, in row order, concatenated into one sequence of length 1 x tokens."""
+    examples = [example for row in examples_per_row for example in row]
+    lengths = torch.tensor([len(example) for example in examples])
+    starts = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    trained = torch.tensor([[i > 0 and flag for e in examples for i, flag in enumerate(e.trained)]])
+    return PackedBatch(
+        input_ids=torch.tensor([[token for example in examples for token in example.input_ids]]),
+        trained=trained,
+        position_ids=torch.cat([torch.arange(n) for n in lengths.tolist()])[None],
+        example_index=torch.repeat_interleave(torch.arange(len(examples)), lengths)[None],
+        cu_seq_lens=starts.to(torch.int32))
 
 
-def block_causal_mask(example_index: torch.Tensor) -> torch.Tensor:
-    """[batch, 1, seq, seq] boolean: query i may attend to key j when j <= i and both are in the same example."""
-    width = example_index.shape[1]
-    same = example_index[:, :, None] == example_index[:, None, :]
-    causal = torch.ones(width, width, dtype=torch.bool, device=example_index.device).tril()
-    return (same & causal).unsqueeze(1)
+def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                     cu_seq_lens_q: torch.Tensor | None = None, **kwargs):
+    """Causal SDPA on each example of a packed sequence; unpacked calls (evals) are plain SDPA."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    dtype = query.dtype
+    if cu_seq_lens_q is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    lengths = (cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]).tolist()
+    # In float32: on a CPU, SDPA's bf16 kernels take twice as long as its fp32 ones on example-sized pieces.
+    # `split`, not slicing: the backward of a slice fills a zero tensor the size of the whole sequence.
+    pieces = zip(*((t.float() if t.device.type == "cpu" else t).split(lengths, dim=2) for t in (query, key, value)),
+                 strict=True)
+    with torch.autocast(query.device.type, enabled=False):  # autocast would put SDPA back into bf16
+        outputs = [sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)[0]
+                   for q, k, v in pieces]
+    return torch.cat(outputs, dim=1).to(dtype), None
 
 
-def _attention_mask_for(model, mask: torch.Tensor) -> torch.Tensor:
-    implementation = model.config._attn_implementation
-    if implementation == "sdpa":
-        return mask
-    if implementation == "eager":
-        dtype = model.dtype
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-    raise HoneError(f"sample packing needs sdpa or eager attention, but the model uses {implementation!r}",
-                    hint="load the model with attn_implementation='sdpa', or turn packing off")
+def use_packed_attention(model) -> None:
+    """Register `packed_attention` with transformers (once) and switch `model` to it."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(ATTENTION, packed_attention)
+        AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # what the unpacked calls get
+    if model.config._attn_implementation != ATTENTION:
+        model.set_attn_implementation(ATTENTION)
 
 
 def packed_hidden_states(model, batch: PackedBatch) -> torch.Tensor:
     """The decoder's last hidden states for a packed batch; every token sees only its own example."""
-    mask = _attention_mask_for(model, batch.attention_mask)
-    return model.get_decoder()(input_ids=batch.input_ids, attention_mask=mask,
-                               position_ids=batch.position_ids).last_hidden_state
+    use_packed_attention(model)
+    longest = int((batch.cu_seq_lens[1:] - batch.cu_seq_lens[:-1]).max())
+    return model.get_decoder()(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                               cu_seq_lens_q=batch.cu_seq_lens, cu_seq_lens_k=batch.cu_seq_lens,
+                               max_length_q=longest, max_length_k=longest).last_hidden_state
 
 
-def packed_target_token_nll(model, batch: PackedBatch, chunk_size: int = 2048,
+def packed_target_token_nll(model, batch: PackedBatch, chunk_size: int | None = None,
                             chunked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Per example of the batch (in `example_index` order): summed cross-entropy of its targets, and their count.
 
-    Same as `hone.models.scoring.target_token_nll`, but with positions restarting per example and the
-    block-diagonal mask; the lm_head runs only on positions that predict a target, in chunks.
+    Same as `hone.models.scoring.target_token_nll`, but with positions restarting per example and attention
+    within each example; the lm_head runs only on positions that predict a target, in chunks.
     """
     return grouped_target_nll(model, packed_hidden_states(model, batch), batch, batch.example_index,
                               batch.num_examples, chunk_size, chunked)

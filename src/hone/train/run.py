@@ -21,7 +21,7 @@ from hone.train.config import TrainConfig, dump_config, parse_config
 from hone.train.data import TrainingData, load_training_data
 from hone.train.distributed import Distributed
 from hone.train.loop import Trainer
-from hone.train.memory import memory_plan
+from hone.train.memory import keep_freed_memory, memory_plan
 from hone.train.tracking import NullTracker, Tracker
 
 
@@ -131,6 +131,7 @@ def train(config: TrainConfig, *, config_path: Path | None = None, resume_dir: P
     if memory["warning"] and dist.is_main:
         print(f"warning: {memory['warning']}", file=sys.stderr)
     dtype = frozen_dtype(dist.device.type, config.training.precision)
+    keep_freed_memory()
     model = dist.prepare_model(build_model(config, dtype), config)
     with start_tracking(config, run_dir, data) if dist.is_main else NullTracker() as tracker:
         trainer = make_trainer(config, model, data, run_dir, tokenizer.pad_token_id,
