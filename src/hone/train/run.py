@@ -21,6 +21,7 @@ from hone.train.config import TrainConfig, dump_config, parse_config
 from hone.train.data import TrainingData, load_training_data
 from hone.train.distributed import Distributed
 from hone.train.loop import Trainer
+from hone.train.lora_forward import fuse_lora_forward
 from hone.train.memory import keep_freed_memory, memory_plan
 from hone.train.tracking import NullTracker, Tracker
 
@@ -55,10 +56,12 @@ def build_lora_model(config: TrainConfig, dtype: torch.dtype):
                       task_type="CAUSAL_LM")
     try:
         with peft_quietly():
-            return get_peft_model(base, lora)
+            model = get_peft_model(base, lora)
     except ValueError as error:
         raise HoneError(f"lora.target_modules: {error}",
                         hint="use 'all-linear' or names of linear layers such as q_proj, v_proj") from None
+    fuse_lora_forward(model)
+    return model
 
 
 def build_model(config: TrainConfig, dtype: torch.dtype):
