@@ -77,14 +77,14 @@ class RowAdapters:
 class SharedInput:
     """Sibling LoRA layers with inputs of one width (q, k, v and o; gate and up): their x @ A as one matmul.
 
-    The first member to see a new input computes the product for all and the others take their columns of
-    it when they are called with that same tensor (q, k and v are); one called with another input (o)
-    computes it again. The product is kept per key: one adapter for all rows, or None for the whole stack.
+    The first member (q; gate) computes the product for all and the others take their columns of it when
+    they are called with that same tensor (k and v; up); one called with another input (o) computes only
+    its own columns. The product is kept per key: one adapter for all rows, or None for the whole stack.
     """
 
     def __init__(self, members: list[RowLoraLayer]):
         self.members = members
-        self.a: dict[str | None, tuple[torch.Tensor, dict[RowLoraLayer, slice]]] = {}
+        self.a: dict[str | None, tuple[torch.Tensor, dict[RowLoraLayer, tuple[int, int]]]] = {}
         self._last: tuple[torch.Tensor, str | None, torch.Tensor] | None = None  # input, key, product
 
     def rebuild(self) -> None:
@@ -95,17 +95,22 @@ class SharedInput:
                      if (member.a if key is None else member.single.get(key)) is not None]
             spans, start = {}, 0
             for member, a in parts:
-                spans[member], start = slice(start, start + a.shape[0]), start + a.shape[0]
+                spans[member], start = (start, a.shape[0]), start + a.shape[0]
             if parts:
                 self.a[key] = (torch.cat([a for _, a in parts]), spans)
 
     def product(self, member: RowLoraLayer, x: torch.Tensor, key: str | None) -> torch.Tensor:
         """`x @ member's A.T` for adapter `key` (None: all of the member's adapters, stacked)."""
         a, spans = self.a[key]
+        start, width = spans[member]
         last = self._last
-        if last is None or last[0] is not x or last[1] != key:
-            last = self._last = (x, key, (x if x.dtype == a.dtype else x.to(a.dtype)) @ a.T)
-        return last[2][..., spans[member]]
+        if last is not None and last[0] is x and last[1] == key:
+            return last[2].narrow(-1, start, width)
+        cast = x if x.dtype == a.dtype else x.to(a.dtype)
+        if member is not self.members[0]:
+            return cast @ a.narrow(0, start, width).T
+        self._last = (x, key, cast @ a.T)
+        return self._last[2].narrow(-1, start, width)
 
 
 class RowLoraLayer:
