@@ -77,14 +77,15 @@ class RowAdapters:
 class SharedInput:
     """Sibling LoRA layers with inputs of one width (q, k, v and o; gate and up): their x @ A as one matmul.
 
-    The first member (q; gate) computes the product for all and the others take their columns of it when
-    they are called with that same tensor (k and v; up); one called with another input (o) computes only
-    its own columns. The product is kept per key: one adapter for all rows, or None for the whole stack.
+    The first member the key's adapters touch (q; gate) computes the product for all and the others take
+    their columns of it when they are called with that same tensor (k and v; up); one called with another
+    input (o) computes only its own columns. Kept per key: one adapter for all rows, or None for the stack.
     """
 
     def __init__(self, members: list[RowLoraLayer]):
         self.members = members
-        self.a: dict[str | None, tuple[torch.Tensor, dict[RowLoraLayer, tuple[int, int]]]] = {}
+        # per key: the stacked A, each member's (start, width) in it, and the member that computes it for all
+        self.a: dict[str | None, tuple[torch.Tensor, dict[RowLoraLayer, tuple[int, int]], RowLoraLayer]] = {}
         self._last: tuple[torch.Tensor, str | None, torch.Tensor] | None = None  # input, key, product
 
     def rebuild(self) -> None:
@@ -97,17 +98,17 @@ class SharedInput:
             for member, a in parts:
                 spans[member], start = (start, a.shape[0]), start + a.shape[0]
             if parts:
-                self.a[key] = (torch.cat([a for _, a in parts]), spans)
+                self.a[key] = (torch.cat([a for _, a in parts]), spans, parts[0][0])
 
     def product(self, member: RowLoraLayer, x: torch.Tensor, key: str | None) -> torch.Tensor:
         """`x @ member's A.T` for adapter `key` (None: all of the member's adapters, stacked)."""
-        a, spans = self.a[key]
+        a, spans, leader = self.a[key]
         start, width = spans[member]
         last = self._last
         if last is not None and last[0] is x and last[1] == key:
             return last[2].narrow(-1, start, width)
         cast = x if x.dtype == a.dtype else x.to(a.dtype)
-        if member is not self.members[0]:
+        if member is not leader:
             return cast @ a.narrow(0, start, width).T
         self._last = (x, key, cast @ a.T)
         return self._last[2].narrow(-1, start, width)

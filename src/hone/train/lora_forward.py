@@ -3,9 +3,9 @@
 PEFT computes `lora_B(lora_A(dropout(x))) * scaling` and then adds it to the base output: two elementwise
 passes over the full `[tokens, out]` output per layer, and two more in backward. Scaling the small B instead
 and fusing the add into the second matmul gives the same values and gradients for less memory traffic
-(about a tenth of a LoRA step on the 2-core CPU). Only plain LoRA on linear layers is taken over (DoRA and
-the other variants keep PEFT's forward), and PEFT's adapter switch (`disable_adapter`, used by DPO's
-reference pass) is honoured.
+(about 4% more tokens/s training SmolLM2-135M on the 2-core CPU). Only plain LoRA on linear layers is
+taken over (DoRA and the other variants keep PEFT's forward), and PEFT's adapter switch (`disable_adapter`,
+used by DPO's reference pass) is honoured.
 """
 
 from __future__ import annotations
