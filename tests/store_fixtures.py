@@ -1,6 +1,6 @@
-"""Database URLs for store tests: a SQLite file, plus a fresh PostgreSQL database per test when
-$HONE_TEST_POSTGRES_URL names a server where databases may be created
-(e.g. postgresql+psycopg://hone@127.0.0.1:5432/postgres)."""
+"""Database URLs for store tests: a SQLite file, and a fresh PostgreSQL database per test on the server
+$HONE_TEST_POSTGRES_URL names (one where databases may be created, e.g.
+postgresql+psycopg://hone@127.0.0.1:5432/postgres), else on the session's throwaway server (conftest's postgres_url)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,14 @@ import uuid
 import pytest
 
 POSTGRES_ENV = "HONE_TEST_POSTGRES_URL"
-BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get(POSTGRES_ENV) else [])
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'hone.db'}"
     else:
-        yield from _fresh_postgres_database(os.environ[POSTGRES_ENV])
+        yield from _fresh_postgres_database(os.environ.get(POSTGRES_ENV) or request.getfixturevalue("postgres_url"))
 
 
 def _fresh_postgres_database(server: str):

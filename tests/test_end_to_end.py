@@ -50,6 +50,9 @@ def test_train_then_evaluate_on_the_real_model(tmp_path, shared_model_cache):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["tokens"] > 0
     assert summary["base_model_fingerprint"] and summary["dataset_fingerprint"]
+    # replay by default: 4 answers of SmolLM2 itself (33 s on the 2-core CPU when not yet cached, then none)
+    assert 0 < summary["replay"]["examples"] <= summary["replay"]["target"] == 4
+    assert summary["examples"]["train"] == 32 + summary["replay"]["examples"]
     PeftModel.from_pretrained(load_model(MODEL), str(run_dir / "adapter"))
 
     settings = load_eval_config(DATA / "eval.yaml", {"adapter": run_dir, "out": tmp_path / "eval", "limit": 4,

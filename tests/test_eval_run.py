@@ -151,6 +151,7 @@ def test_cli_config_file_values_are_overridden_by_flags(tiny_run_dir, test_file,
     result = CliRunner().invoke(app, ["eval", str(config), "--limit", "1"])
     assert result.exit_code == 0, result.output
     assert "fine-tuned" in result.stdout and "report.html" in result.stdout
+    assert "primary metric: json_fields (1 of 1 references are JSON objects)" in " ".join(result.stdout.split())
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["config"]["limit"] == 1 and len(saved["examples"]) == 1
     assert saved["config"]["max_new_tokens"] == 3

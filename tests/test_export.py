@@ -17,7 +17,7 @@ from hone.errors import HoneError
 from hone.models import fingerprint
 from hone.models.finetuned import load_for_inference
 from hone.models.loading import peft_quietly
-from hone.serve.export import export_merged
+from hone.registry.export import export_merged
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CHAT = [{"role": "system", "content": "Reply in JSON."}, {"role": "user", "content": "hello world refund order 123"}]

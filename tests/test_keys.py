@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
+from hone.api.keys import KeyStore
 from hone.cli import app
 from hone.errors import HoneError
-from hone.serve.keys import KeyStore
 
 pytest_plugins = ["store_fixtures"]  # the db_url fixture: SQLite, and PostgreSQL when configured
 

@@ -14,8 +14,8 @@ import torch
 import yaml
 from conftest import serve_app
 
+from hone.api.app import create_app
 from hone.errors import HoneError
-from hone.serve.app import create_app
 from hone.serve.config import ServeConfig, load_serve_config
 
 CHAT = [{"role": "user", "content": "hello world, the quick brown fox"}]
@@ -57,8 +57,8 @@ def adapters(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
 
 def config(tiny_model_dir, adapters, tmp_path, **settings) -> ServeConfig:
     raw = {"base": str(tiny_model_dir), "base_id": "tiny", "dtype": "fp32", "threads": 1,
-           "adapters": {"legal": adapters["legal"], "support": adapters["support"]},
-           "database": f"sqlite:///{tmp_path / 'hone.db'}", **settings}
+           "database": f"sqlite:///{tmp_path / 'hone.db'}",
+           "adapters": {name: adapters[name] for name in ("legal", "support") if name in adapters}, **settings}
     return ServeConfig.model_validate(raw)
 
 
@@ -218,7 +218,7 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server):
 
 
 def test_api_keys_are_required_once_configured(tiny_model_dir, adapters, tmp_path):
-    from hone.serve.keys import KeyStore
+    from hone.api.keys import KeyStore
 
     settings = config(tiny_model_dir, adapters, tmp_path)
     stored = KeyStore(settings.database).create("ci")
@@ -341,3 +341,22 @@ def test_retrieved_passages_are_injected_and_returned_as_sources(tiny_model_dir,
         stream = client(url).chat.completions.create(model="legal", messages=question, max_tokens=2, stream=True,
                                                      extra_body={"index": "policies", "top_k": 1})
         assert [c.model_extra.get("sources") for c in stream][-1][0]["source"] == "refunds.md"
+
+
+def test_adapters_are_matched_to_the_base_by_weights_not_by_name(tiny_model_dir, adapters, tmp_path):
+    import json
+    import shutil
+
+    from hone.models import fingerprint
+
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "renamed-copy-of-the-base")
+    moved = shutil.copytree(adapters["legal"], tmp_path / "legal-moved")
+    (moved / "config.yaml").write_text(yaml.safe_dump({"base_model": "/gone/old/path/to/the/base"}))
+    (moved / "summary.json").write_text(json.dumps({"base_model_fingerprint": fingerprint(str(tiny_model_dir))}))
+    settings = config(copy, {"legal": moved}, tmp_path)
+    assert "legal" in [model.id for model in create_app(settings).state.server.served_models()]
+
+    (moved / "config.yaml").write_text(yaml.safe_dump({"base_model": str(tiny_model_dir)}))  # same name...
+    (moved / "summary.json").write_text(json.dumps({"base_model_fingerprint": "0" * 64}))  # ...other weights
+    with pytest.raises(HoneError, match="weights fingerprint 000000000000"):
+        create_app(config(tiny_model_dir, {"legal": moved}, tmp_path))

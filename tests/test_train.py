@@ -43,6 +43,7 @@ def make_config(tmp_path: Path, model_dir: Path, **training) -> Path:
         "training": settings,
         "output_dir": str(tmp_path / "runs"),
         "tracking": {"enabled": False},  # one test turns it on; a new MLflow store costs ~3 s
+        "replay": "none",  # tested in test_train_replay.py; the tiny model's answers never end, so adds only time
     }
     import yaml
 

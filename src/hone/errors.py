@@ -11,3 +11,20 @@ class HoneError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+
+class RequestError(HoneError):
+    """A request that cannot be carried out as asked; `param` names the field at fault (HTTP 400)."""
+
+    status = 400
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.param = param
+        self.code = code
+
+
+class NotFoundError(RequestError):
+    """The object a request names does not exist, or belongs to another project (HTTP 404)."""
+
+    status = 404

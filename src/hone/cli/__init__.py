@@ -6,7 +6,23 @@ import sys
 
 import typer
 
-from hone.cli import advise, capture, chat, data, evaluate, export, index, keys, models, serve, train, tune
+from hone.cli import (
+    advise,
+    capture,
+    chat,
+    data,
+    db,
+    evaluate,
+    export,
+    index,
+    jobs,
+    keys,
+    models,
+    registry,
+    serve,
+    train,
+    tune,
+)
 from hone.errors import HoneError
 
 app = typer.Typer(
@@ -25,8 +41,12 @@ app.command("advise")(advise.advise)
 app.add_typer(keys.app, name="keys")
 app.add_typer(capture.app, name="capture")
 app.add_typer(index.app, name="index")
+app.add_typer(db.app, name="db")
 app.command("export")(export.export)
 app.command("serve")(serve.serve)
+app.add_typer(jobs.app, name="jobs")
+app.command("worker")(jobs.worker)
+app.add_typer(registry.app, name="registry")
 
 
 def main() -> None:

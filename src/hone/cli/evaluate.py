@@ -84,6 +84,7 @@ def print_report(report: dict) -> None:
     for warning in report["warnings"]:
         stderr.print(f"warning: {warning}")
     verdict = report["verdict"]
+    console.print(f"primary metric: {verdict['primary_metric']} ({verdict['primary_metric_reason']})")
     console.print(f"verdict: {verdict['decision']}: " + "; ".join(verdict["reasons"]))
     for note in verdict["notes"]:
         console.print(f"  note: {note}")

@@ -30,7 +30,7 @@ def export(
                         hint=f"run `hone export {run_dir} --merge --out DIR`; to serve the adapter unmerged (e.g. "
                         f"with vLLM's LoRA support), use {run_dir}/adapter as it is")
     with stderr.status("merging the adapter and writing the model", spinner="dots"):
-        from hone.serve.export import export_merged  # imported on use: it loads heavy models' code
+        from hone.registry.export import export_merged  # imported on use: it loads heavy models' code
         result = export_merged(run_dir, out, gguf=gguf, dtype=dtype, force=force)
     if as_json:
         emit_json(result)

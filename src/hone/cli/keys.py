@@ -22,7 +22,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.
 def create(name: Annotated[str, typer.Argument(help="A name for who uses the key, e.g. support-app.")],
            db: DbOption = None, as_json: JsonOption = False) -> None:
     """Create a key and print it once; only its hash is stored, so copy it now."""
-    from hone.serve.keys import KeyStore  # imported on use: it loads heavy models' code
+    from hone.api.keys import KeyStore  # imported on use: keeps the CLI's start-up light
     key = KeyStore(db).create(name)
     if as_json:
         emit_json({"name": name, "key": key})
@@ -34,7 +34,7 @@ def create(name: Annotated[str, typer.Argument(help="A name for who uses the key
 @app.command("list")
 def list_keys(db: DbOption = None, as_json: JsonOption = False) -> None:
     """List every key: name, prefix, when it was created and whether it is revoked (never the key itself)."""
-    from hone.serve.keys import KeyStore  # imported on use: it loads heavy models' code
+    from hone.api.keys import KeyStore  # imported on use: keeps the CLI's start-up light
     keys = KeyStore(db).list()
     if as_json:
         emit_json({"keys": keys})
@@ -52,7 +52,7 @@ def list_keys(db: DbOption = None, as_json: JsonOption = False) -> None:
 def revoke(name: Annotated[str, typer.Argument(help="Name of the active key to revoke.")],
            db: DbOption = None, as_json: JsonOption = False) -> None:
     """Revoke a key: the server refuses it from the next request on."""
-    from hone.serve.keys import KeyStore  # imported on use: it loads heavy models' code
+    from hone.api.keys import KeyStore  # imported on use: keeps the CLI's start-up light
     KeyStore(db).revoke(name)
     if as_json:
         emit_json({"name": name, "revoked": True})

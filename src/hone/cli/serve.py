@@ -36,17 +36,19 @@ def serve(
         help="Accept this API key (repeatable; held hashed in memory). Keys from `hone keys` always count.")] = None,
     api_key_required: Annotated[bool | None, typer.Option(
         "--api-key-required/--no-api-key-required", help="Refuse to start unless an API key exists.")] = None,
+    worker: Annotated[bool | None, typer.Option(
+        "--worker/--no-worker", help="Train queued fine-tuning jobs in this server (default: on).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object once the server is ready.")] = False,
 ) -> None:
     """Serve the base model and every adapter behind one OpenAI-compatible /v1 API, batched together."""
     import uvicorn
 
-    from hone.serve.app import create_app
+    from hone.api.app import create_app
     from hone.serve.config import load_serve_config
 
     settings = load_serve_config(config, adapters=parse_adapters(adapter or []), base=base,
                                  max_adapters=max_adapters, max_batch=max_batch, api_key_required=api_key_required)
-    app = create_app(settings, api_keys=api_key or [])
+    app = create_app(settings, api_keys=api_key or [], worker=worker)
     url = f"http://{host}:{port}/v1"
     ready = {"url": url, "base": settings.served_base, "adapters": sorted(settings.adapters)}
     if as_json:

@@ -52,17 +52,31 @@ def train(
     console.print(f"trained {summary['steps']} steps, {summary['tokens_per_s']} tokens/s, "
                   f"final train loss {summary['final_train_loss']:.4f}"
                   + (f", best eval loss {summary['best_eval_loss']:.4f}" if summary["best_eval_loss"] else ""))
+    _print_replay(summary["replay"])
     if summary["interrupted"]:
         console.print(f"interrupted: continue with `hone train --resume {run_dir}`")
     print(run_dir)
 
 
+def _print_replay(replay: dict) -> None:
+    """One line on the general examples mixed in (replay off is warned about on stderr by the training)."""
+    if replay["examples"]:
+        source = replay["settings"]["source"]
+        origin = "answered by the base model" if source == "self" else f"from {source}"
+        console.print(f"replay: {replay['examples']} general examples {origin} mixed in (fingerprint "
+                      f"{replay['fingerprint'][:12]})")
+    elif replay["note"]:
+        console.print(f"replay: {replay['note']}")
+
+
 def _launch(nproc: int, config: Path | None, set_: list[str], resume: Path | None, as_json: bool) -> int:
     """Start `hone train` in `nproc` local processes; the config is checked here first, before any starts."""
     from hone.train.distributed import Distributed, launch_local
-    from hone.train.run import read_run_config
+    from hone.train.run import read_run_config, refuse_finished_run
 
     settings = read_run_config(resume) if resume is not None else load_config(config, set_)
+    if resume is not None:
+        refuse_finished_run(resume)  # one message here rather than one from each process
     Distributed(world_size=nproc).check_batch_size(settings.training.batch_size)
     args = ["--resume", str(resume)] if resume is not None else [str(config), *(f"--set={item}" for item in set_)]
     return launch_local(nproc, ["train", *args, *(["--json"] if as_json else [])])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shlex
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,11 @@ CSV_SHAPES = {
     "alpaca": (("instruction", "output"), ("input", "system")),
 }
 SHOWN_PROBLEMS = 5
+SHOWN_VALUE_CHARS = 60
+UTF8_BOM = b"\xef\xbb\xbf"
+# Longest first: the UTF-32LE mark begins with the UTF-16LE one.
+WIDE_BOMS = ((b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe\x00\x00", "UTF-32"), (b"\xfe\xff", "UTF-16"),
+             (b"\xff\xfe", "UTF-16"))
 HOLDS = {True: "preference pairs (OpenAI DPO format)", False: "conversations"}
 
 
@@ -90,6 +96,11 @@ class Dataset(HasProblems):
     blank_lines: int
 
 
+def _printable(text: str) -> str:
+    """`text` with any unpaired surrogate (from a key or value quoted in a message) written as its \\u escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass
 class _Line:
     """The problems found on one line; the line's example is kept only when none is an error."""
@@ -98,10 +109,10 @@ class _Line:
     problems: list[Problem] = field(default_factory=list)
 
     def error(self, path: str, message: str) -> None:
-        self.problems.append(Problem(self.number, path, message, "error"))
+        self.problems.append(Problem(self.number, _printable(path), _printable(message), "error"))
 
     def warn(self, path: str, message: str) -> None:
-        self.problems.append(Problem(self.number, path, message, "warning"))
+        self.problems.append(Problem(self.number, _printable(path), _printable(message), "warning"))
 
     @property
     def failed(self) -> bool:
@@ -115,6 +126,23 @@ def _kind(value: Any) -> str:
     if isinstance(value, int | float):
         return "a number"
     return {dict: "an object", list: "an array", str: "a string", type(None): "null"}[type(value)]
+
+
+def _shown(value: Any) -> str:
+    """A JSON scalar as written (shortened); an array or object by its kind, never its whole content."""
+    if isinstance(value, list | dict):
+        return _kind(value)
+    text = json.dumps(value)
+    return text if len(text) <= SHOWN_VALUE_CHARS else text[:SHOWN_VALUE_CHARS - 1] + "…"
+
+
+def _is_text(value: str) -> bool:
+    """False when a \\u escape left an unpaired surrogate, which no tokenizer or UTF-8 file can hold."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _join(path: str, key: str) -> str:
@@ -134,6 +162,10 @@ def _text(record: dict, key: str, path: str, line: _Line, required: bool = True)
         return None
     if required and not value.strip():
         line.error(where, "is empty; fill in the text or remove the example")
+        return None
+    if not _is_text(value):
+        line.error(where, "holds an unpaired surrogate escape such as \\ud800, which is not text; fix or remove "
+                   "that \\u escape")
         return None
     return value
 
@@ -162,7 +194,7 @@ def _message(item: Any, path: str, line: _Line, roles: dict[str, str], keys: tup
     if role_key not in item:
         line.error(where, f"missing key '{role_key}'; allowed roles: {allowed}")
     elif not isinstance(item[role_key], str) or item[role_key] not in roles:
-        line.error(where, f"unknown role {json.dumps(item[role_key])}; allowed roles: {allowed}")
+        line.error(where, f"unknown role {_shown(item[role_key])}; allowed roles: {allowed}")
     else:
         role = roles[item[role_key]]
     content = _text(item, content_key, path, line)
@@ -171,7 +203,7 @@ def _message(item: Any, path: str, line: _Line, roles: dict[str, str], keys: tup
         if role != "assistant":
             line.error(_join(path, "weight"), "weight is only allowed on assistant messages")
         elif item["weight"] not in (0, 1) or isinstance(item["weight"], bool):
-            line.error(_join(path, "weight"), f"must be 0 or 1, got {json.dumps(item['weight'])}")
+            line.error(_join(path, "weight"), f"must be 0 or 1, got {_shown(item['weight'])}")
         else:
             message["weight"] = item["weight"]
     known = {role_key, content_key} | ({"weight"} if weight_allowed else set())
@@ -312,9 +344,16 @@ def _decode(raw: bytes, line: _Line) -> Any:
         return None
     try:
         record = json.loads(text)
+    except RecursionError:
+        line.error("", f"line {line.number} is nested too deeply (arrays or objects inside each other beyond what "
+                   "can be read); each line must hold one example object")
+        return None
     except json.JSONDecodeError as error:
         line.error("", f"line {line.number} is not valid JSON: {error.msg} at column {error.colno}; "
                    "each line must hold one complete JSON object (JSONL)")
+        return None
+    except ValueError:  # json's only other error: an integer longer than Python's 4300-digit limit
+        line.error("", f"line {line.number} holds a number too long to read; write very long numbers as strings")
         return None
     if not isinstance(record, dict):
         line.error("", f"line {line.number} is {_kind(record)}, not a JSON object; each line must be one "
@@ -333,18 +372,78 @@ def _example(fmt: str, record: dict, line: _Line, source: str) -> Example | Pref
 
 
 def _open(path: Path) -> bytes:
-    """The file's bytes; a missing or empty file is an error that stops everything."""
+    """The file's bytes without a UTF-8 byte order mark; a missing or empty file is an error that stops everything."""
     if not path.is_file():
         raise HoneError(f"dataset file not found: {path}", hint="check the path; a directory is not accepted")
-    data = path.read_bytes()
+    data = path.read_bytes().removeprefix(UTF8_BOM)
     if not data.strip():
         raise HoneError(f"dataset file is empty: {path}",
                         hint="write one JSON object per line (or, for a .csv file, a header and rows)")
     return data
 
 
+def _wide_ascii(sample: bytes, width: int, text_at: int) -> bool:
+    """ASCII in a `width`-byte encoding: the byte at `text_at` of each unit is rarely NUL, each other mostly is."""
+    units = len(sample) // width
+    if units < 2:
+        return False
+    nuls = [sample[i:units * width:width].count(0) for i in range(width)]
+    return nuls[text_at] <= units // 20 and all(n >= units / 2 for i, n in enumerate(nuls) if i != text_at)
+
+
+def wide_encoding(data: bytes) -> str | None:
+    """The UTF-16/UTF-32 encoding of `data` as iconv names it, from a byte order mark or where NUL bytes fall."""
+    for bom, name in WIDE_BOMS:
+        if data.startswith(bom):
+            return name  # iconv reads the byte order from the mark
+    sample = data[:4096]
+    if b"\0" not in sample:
+        return None
+    for width in (4, 2):  # UTF-32 first: UTF-16 text would pass neither of its patterns
+        for order, text_at in (("LE", 0), ("BE", width - 1)):
+            if _wide_ascii(sample, width, text_at):
+                return f"UTF-{8 * width}{order}"
+    return None
+
+
+def _encoding_problem(data: bytes, path: Path) -> str | None:
+    """What to tell the user when the file is UTF-16/UTF-32 rather than UTF-8."""
+    name = wide_encoding(data)
+    if name is None:
+        return None
+    converted = path.with_name(f"{path.stem}.utf8{path.suffix}")
+    return (f"the file is {name[:6]} encoded; save it as UTF-8 (e.g. iconv -f {name} -t UTF-8 "
+            f"{shlex.quote(str(path))} > {shlex.quote(str(converted))})")
+
+
+def _array_problem(data: bytes, path: Path) -> str | None:
+    """One message for a file that is a single JSON array (an export), instead of an error per line."""
+    start = data.lstrip()
+    if not start.startswith(b"["):
+        return None
+    converted = path.with_name(f"{path.stem}{'.lines' if path.suffix == '.jsonl' else ''}.jsonl")
+    message = (f"this is a JSON array, write one object per line (JSON Lines); convert it with "
+               f"jq -c '.[]' {shlex.quote(str(path))} > {shlex.quote(str(converted))}")
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        # A first line of just "[" opens a pretty-printed array even when a later line breaks it.
+        return f"{message} (and fix its JSON)" if start.split(b"\n", 1)[0].strip() == b"[" else None
+    return message if isinstance(value, list) and any(isinstance(item, dict) for item in value) else None
+
+
+def _whole_file_problem(data: bytes, path: Path) -> Problem | None:
+    """A problem of the whole file that would otherwise show up as an error on every line."""
+    message = _encoding_problem(data, path) or _array_problem(data, path)
+    return Problem(0, "", message) if message else None
+
+
 def _read_jsonl(path: Path) -> Dataset:
-    raw_lines = _open(path).removeprefix(b"\xef\xbb\xbf").split(b"\n")
+    data = _open(path)
+    problem = _whole_file_problem(data, path)
+    if problem is not None:
+        return Dataset(str(path), "unknown", [], [problem], lines_read=0, blank_lines=0)
+    raw_lines = data.split(b"\n")
     if raw_lines[-1] == b"":
         raw_lines.pop()  # the newline that ends the last line does not start another
     lines = {n: _Line(n) for n, raw in enumerate(raw_lines, start=1) if raw.strip()}
@@ -395,8 +494,12 @@ def _csv_shape(header: list[str], column_map: dict[str, str] | None, path: Path)
 
 
 def _read_csv(path: Path, column_map: dict[str, str] | None) -> Dataset:
+    data = _open(path)
+    wide = _encoding_problem(data, path)
+    if wide:
+        raise HoneError(f"{path}: {wide}")
     try:
-        text = _open(path).decode("utf-8-sig")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise HoneError(f"{path} is not valid UTF-8 text (byte {error.start + 1})",
                         hint="save the file as UTF-8") from None

@@ -39,7 +39,8 @@ class CandidateConfig(Section):
     """One way of answering the test prompts: a model (base, adapter or endpoint) plus prompt additions."""
 
     name: str = Field(description="Column name in the report.")
-    adapter: Path | None = Field(None, description="Run directory of `hone train` (its adapter on the base).")
+    adapter: Path | None = Field(None, description="Run directory of `hone train`: its adapter on the base, or the "
+                                 "whole model of a full fine-tune.")
     finetuned: bool = Field(False, description="Use the run under test: the top-level adapter (or --adapter), so "
                             "one eval file serves every new training run.")
     shots: int = Field(0, ge=0, le=32, description="Training examples put before the prompt as a k-shot demo.")
@@ -106,8 +107,9 @@ class ForgettingConfig(Section):
 
 
 class VerdictConfig(Section):
-    primary_metric: str | None = Field(None, description="Metric the decision rests on; default accuracy when "
-                                       "labels are given, else exact_match.")
+    primary_metric: str | None = Field(None, description="Metric the decision rests on; by default chosen from the "
+                                       "references: accuracy when labels are given, json_fields for JSON objects, "
+                                       "exact_match for short answers, else rouge_l (see default_primary_metric).")
     threshold: float = Field(5.0, ge=0, description="Smallest gain (points) worth shipping.")
     candidate: str | None = Field(None, description="Candidate judged; default: the first with an adapter.")
     baseline: str = Field(BASE_NAME, description="Candidate it must beat.")
@@ -163,10 +165,6 @@ class EvalConfig(Section):
         if self.adapter is not None:
             found.append(CandidateConfig(name=FINETUNED_NAME, adapter=self.adapter))
         return found
-
-    def primary_metric(self) -> str:
-        """The metric the verdict rests on."""
-        return self.verdict.primary_metric or ("accuracy" if self.metrics.labels else "exact_match")
 
 
 def validate_eval_config(raw: dict[str, Any], source: str = "hone eval") -> EvalConfig:

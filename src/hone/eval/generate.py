@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from hone.data.render import render_prompt
+from hone.models.generation import stop_token_ids
 
 
 @dataclass
@@ -31,22 +32,26 @@ def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tens
     return input_ids.to(device), attention_mask.to(device)
 
 
-def _until_eos(ids: list[int], eos_id: int) -> list[int]:
-    """The generated ids before the first end-of-sequence token (finished rows are padded after it)."""
-    return ids[: ids.index(eos_id)] if eos_id in ids else ids
+def _until_stop(ids: list[int], stop_ids: tuple[int, ...]) -> list[int]:
+    """The generated ids before the first stop token (finished rows are padded after it)."""
+    return next((ids[:at] for at, token in enumerate(ids) if token in stop_ids), ids)
 
 
 def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
                    streamer=None) -> list[tuple[str, int]]:
-    """Greedy replies for prompt token ids in one `generate` call: (stripped text, generated tokens) each."""
+    """Greedy replies for prompt token ids in one `generate` call: (stripped text, generated tokens) each.
+
+    Generation stops on the same tokens as in `hone serve` (`stop_token_ids`).
+    """
+    stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
     input_ids, attention_mask = _left_pad(prompts, tokenizer.pad_token_id, model.device)
     with torch.inference_mode():
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                eos_token_id=tokenizer.eos_token_id, streamer=streamer)
+                                eos_token_id=list(stop_ids), streamer=streamer)
     replies = []
     for row in output[:, input_ids.shape[1]:].tolist():
-        new_ids = _until_eos(row, tokenizer.eos_token_id)
+        new_ids = _until_stop(row, stop_ids)
         replies.append((tokenizer.decode(new_ids, skip_special_tokens=True).strip(), len(new_ids)))
     return replies
 

@@ -2,16 +2,19 @@
 set, and optionally augmented with retrieved training examples or document passages (RAG).
 
 Demonstrations are inserted as earlier user/assistant turns after any system message, the way a
-developer writes a few-shot chat prompt; passages go into the system message, numbered, with their sources.
+developer writes a few-shot chat prompt. Document passages are retrieved and put into the prompt exactly as
+`hone serve` does (`hone.retrieval.prompt`), from the same kind of index, so eval measures what is served.
 """
 
 from __future__ import annotations
 
 import random
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from hone.errors import HoneError
+from hone.retrieval.prompt import rag_messages, retrieval_query
 
 
 @dataclass
@@ -40,11 +43,6 @@ def load_cases(path: Path, limit: int | None = None, what: str = "test file") ->
     return cases
 
 
-def question_of(prompt: list[dict]) -> str:
-    """The text retrieval searches with: the last user turn of the prompt."""
-    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), prompt[-1]["content"])
-
-
 def _insert_after_system(prompt: list[dict], turns: list[dict]) -> list[dict]:
     head = 1 if prompt and prompt[0]["role"] == "system" else 0
     return prompt[:head] + turns + prompt[head:]
@@ -57,16 +55,6 @@ def demonstration_turns(examples: list[EvalCase]) -> list[dict]:
         turns += [m for m in example.prompt if m["role"] != "system"]
         turns.append({"role": "assistant", "content": example.reference})
     return turns
-
-
-def with_passages(prompt: list[dict], passages: list) -> list[dict]:
-    """The prompt with retrieved passages, numbered and sourced, at the end of its system message (one is
-    added when there is none: many chat templates accept a single system message only)."""
-    numbered = "\n\n".join(f"[{i}] ({p.source}) {p.text}" for i, p in enumerate(passages, start=1))
-    context = f"Use these passages where they help answer, and do not invent facts beyond them.\n\n{numbered}"
-    if prompt and prompt[0]["role"] == "system":
-        return [{"role": "system", "content": f"{prompt[0]['content']}\n\n{context}"}, *prompt[1:]]
-    return [{"role": "system", "content": context}, *prompt]
 
 
 class PromptBuilder:
@@ -85,30 +73,39 @@ class PromptBuilder:
 
     def _index(self, source: str):
         if source not in self._indexes:
-            from hone.retrieval import VectorIndex, chunk_documents, load_embedder
-
-            embedder = load_embedder()
             if source == "train":
-                self._indexes[source] = VectorIndex.build([question_of(c.prompt) for c in self.train], embedder,
-                                                          list(range(len(self.train))))
+                from hone.retrieval import VectorIndex, load_embedder
+
+                self._indexes[source] = VectorIndex.build([retrieval_query(c.prompt) for c in self.train],
+                                                          load_embedder(), list(range(len(self.train))))
             else:
-                passages = chunk_documents(self.docs)
-                self._indexes[source] = VectorIndex.build([p.text for p in passages], embedder, passages)
+                self._indexes[source] = _documents_index(self.docs)
         return self._indexes[source]
 
     def build(self, candidate, cases: list[EvalCase]) -> list[list[dict]]:
         """The messages `candidate` answers for each test case."""
         prompts = [list(case.prompt) for case in cases]
         if candidate.rag:
-            hits = self._index(candidate.rag.source).search([question_of(p) for p in prompts], candidate.rag.k)
+            hits = self._index(candidate.rag.source).search([retrieval_query(p) for p in prompts], candidate.rag.k)
             for i, found in enumerate(hits):
                 if candidate.rag.source == "train":
                     # Least similar first, so the most similar example sits right before the question.
                     similar = [self.train[hit.payload] for hit in reversed(found)]
                     prompts[i] = _insert_after_system(prompts[i], demonstration_turns(similar))
                 else:
-                    prompts[i] = with_passages(prompts[i], [hit.payload for hit in found])
+                    prompts[i] = rag_messages(prompts[i], [hit.payload for hit in found])
         if candidate.shots:
             shots = demonstration_turns(self.fixed_shots(candidate.shots))
             prompts = [_insert_after_system(p, shots) for p in prompts]
         return prompts
+
+
+def _documents_index(docs: Path):
+    """The documents' passages indexed as `hone index build` indexes them for `hone serve` (same chunks, same
+    embedder, sources named relative to the folder), held in memory; payloads are the served passages."""
+    from hone.retrieval.store import build_index, open_index
+
+    with tempfile.TemporaryDirectory(prefix="hone-eval-index-") as folder:
+        path = Path(folder) / "docs.index"
+        build_index(docs, path, show_progress=False)
+        return open_index(path).vectors

@@ -102,9 +102,10 @@ def _chart(svg: str) -> str:
 def _verdict_section(verdict: dict) -> str:
     items = "".join(f"<li>{escape(r)}</li>" for r in verdict["reasons"])
     notes = "".join(f"<li>{escape(n)}</li>" for n in verdict["notes"])
+    why = f' (primary metric: {verdict["primary_metric_reason"]})' if verdict.get("primary_metric_reason") else ""
     return (f'<div class="verdict {escape(verdict["decision"].replace(" ", "_"))}"><h2>Verdict: '
             f'{escape(verdict["decision"])}</h2><p>{escape(verdict["candidate"] or "-")} against '
-            f'{escape(verdict["baseline"])} on {escape(verdict["primary_metric"])}, threshold '
+            f'{escape(verdict["baseline"])} on {escape(verdict["primary_metric"])}{escape(why)}, threshold '
             f'{verdict["threshold"]:g} points</p><ul>{items}</ul>' + (f"<ul>{notes}</ul>" if notes else "") + "</div>")
 
 

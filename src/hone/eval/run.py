@@ -2,7 +2,8 @@
 compared with the baseline with confidence intervals, judged, checked for forgetting, and given a verdict.
 
 Local candidates share one copy of the base weights: an adapter is merged in for its own pass and
-taken out afterwards, so decoding pays no per-layer LoRA cost and memory holds one model.
+taken out afterwards, so decoding pays no per-layer LoRA cost and memory holds one model. A full fine-tune
+(a run that wrote a whole model) is loaded beside the base as a model of its own.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
+
+import yaml
 
 from hone.data.render import render_chat, render_prompt
 from hone.errors import HoneError
@@ -24,7 +28,14 @@ from hone.eval.report import write_report
 from hone.eval.stats import is_binary, mcnemar, paired_bootstrap_ci
 from hone.eval.verdict import decide
 from hone.models import fingerprint, frozen_dtype, load_model, load_tokenizer
-from hone.models.finetuned import adapter_fingerprint, attach_adapter, default_device, read_run_dir
+from hone.models.finetuned import (
+    adapter_fingerprint,
+    attach_adapter,
+    default_device,
+    full_model_dir,
+    is_run_dir,
+    read_run_dir,
+)
 from hone.models.scoring import example_perplexities
 
 MAX_NEW_TOKENS_CAP = 256
@@ -36,10 +47,33 @@ def default_max_new_tokens(tokenizer, references: list[str]) -> int:
     return max(1, min(MAX_NEW_TOKENS_CAP, math.ceil(1.5 * longest)))
 
 
-class LocalModels:
-    """The base model with every candidate's adapter attached by name; `use(name)` activates one."""
+@dataclass(frozen=True)
+class RunWeights:
+    """What a fine-tuned candidate's run directory holds: an adapter for the base, or (method full) a whole model."""
 
-    def __init__(self, base: str, adapters: dict[str, Path], device: str):
+    run_dir: Path
+    base: str
+    adapter_dir: Path | None = None
+    model_dir: Path | None = None
+
+
+def read_run_weights(run_dir: Path) -> RunWeights:
+    """The base and the trained weights of a `hone train` run directory, adapter or whole model."""
+    whole = full_model_dir(run_dir) if is_run_dir(run_dir) else None
+    if whole is None:
+        run = read_run_dir(run_dir)
+        return RunWeights(run_dir=run.run_dir, base=run.base, adapter_dir=run.adapter_dir)
+    config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+    if not isinstance(config, dict) or not isinstance(config.get("base_model"), str):
+        raise HoneError(f"{Path(run_dir) / 'config.yaml'}: no 'base_model' key, so the base model is unknown")
+    return RunWeights(run_dir=Path(run_dir).resolve(), base=config["base_model"], model_dir=whole.resolve())
+
+
+class LocalModels:
+    """The base model with every candidate's adapter attached by name, plus the whole models of full fine-tunes;
+    `use(key)` activates one. `adapters` maps each fine-tuned candidate to the key of its weights."""
+
+    def __init__(self, base: str, adapters: dict[str, Path], device: str, models: dict[str, Path] | None = None):
         self.base = base
         self.model = load_model(base, dtype=frozen_dtype(device), device=device)
         self.tokenizer = load_tokenizer(base)
@@ -50,12 +84,23 @@ class LocalModels:
                 attached[adapter_dir] = f"adapter{len(attached)}"
                 self.model = attach_adapter(self.model, adapter_dir, base, attached[adapter_dir])
             self.adapters[candidate] = attached[adapter_dir]
+        self.has_adapters = bool(attached)
+        self.whole: dict[str, object] = {}
+        loaded: dict[Path, str] = {}
+        for candidate, model_dir in (models or {}).items():
+            if model_dir not in loaded:
+                loaded[model_dir] = f"model{len(loaded)}"
+                self.whole[loaded[model_dir]] = load_model(str(model_dir), dtype=frozen_dtype(device),
+                                                           device=device).eval()
+            self.adapters[candidate] = loaded[model_dir]
         self.model.eval()
 
     @contextmanager
     def use(self, adapter: str | None):
-        """The model as the base (adapters off) or with one adapter merged into the weights."""
-        if not self.adapters:
+        """The model as the base (adapters off), with one adapter merged into the weights, or a whole model."""
+        if adapter in self.whole:
+            yield self.whole[adapter]
+        elif not self.has_adapters:
             yield self.model
         elif adapter is None:
             with self.model.disable_adapter():
@@ -143,25 +188,33 @@ def compare(examples: list[dict], baseline: str, candidate: str, seed: int = 0) 
     return result
 
 
-def _resolve_models(settings: EvalConfig, candidates: list[CandidateConfig]) -> tuple[str | None, dict, dict]:
-    """The base model name, each adapter candidate's run directory, and the report's model descriptions."""
-    runs = {c.name: read_run_dir(c.adapter) for c in candidates if c.adapter is not None}
+def _resolve_models(settings: EvalConfig, candidates: list[CandidateConfig]) -> tuple[str | None, dict, dict, dict]:
+    """The base model name, each adapter candidate's adapter folder, each full fine-tune's model folder, and the
+    report's model descriptions."""
+    runs = {c.name: read_run_weights(c.adapter) for c in candidates if c.adapter is not None}
     base = settings.base or next((run.base for run in runs.values()), None)
     needs_base = any(c.endpoint is None for c in candidates)
     for name, run in runs.items():
         if run.base != base:
-            raise HoneError(f"candidate '{name}': its adapter was trained on '{run.base}', but the base model is "
-                            f"'{base}'", hint="compare adapters of one base per run, or set base to theirs")
+            weights = "adapter" if run.adapter_dir else "model"
+            raise HoneError(f"candidate '{name}': its {weights} was trained from '{run.base}', but the base model "
+                            f"is '{base}'", hint="compare runs of one base per eval, or set base to theirs")
     models = {}
     if needs_base:
         models["base"] = {"name": base, "fingerprint": fingerprint(base)}
     for name, run in runs.items():
-        models[name] = {"run_dir": str(run.run_dir), "adapter": str(run.adapter_dir), "base": base,
-                        "adapter_fingerprint": adapter_fingerprint(run.adapter_dir)}
+        if run.adapter_dir:
+            models[name] = {"run_dir": str(run.run_dir), "adapter": str(run.adapter_dir), "base": base,
+                            "adapter_fingerprint": adapter_fingerprint(run.adapter_dir)}
+        else:
+            models[name] = {"run_dir": str(run.run_dir), "model": str(run.model_dir), "base": base,
+                            "model_fingerprint": fingerprint(str(run.model_dir))}
     for candidate in candidates:
         if candidate.endpoint:
             models[candidate.name] = {"endpoint": candidate.endpoint.url, "model": candidate.endpoint.model}
-    return (base if needs_base else None), {n: r.adapter_dir for n, r in runs.items()}, models
+    adapters = {n: r.adapter_dir for n, r in runs.items() if r.adapter_dir}
+    whole = {n: r.model_dir for n, r in runs.items() if r.model_dir}
+    return (base if needs_base else None), adapters, whole, models
 
 
 def _classification(settings: EvalConfig, examples: list[dict], names: list[str], warnings: list[str]) -> dict | None:
@@ -278,9 +331,9 @@ def evaluate(settings: EvalConfig | None = None, *, device: str | None = None, s
     names = [c.name for c in candidates]
     cases = load_cases(settings.data, settings.limit)
     train = load_cases(settings.train, what="training file") if settings.train else None
-    base, adapters, model_info = _resolve_models(settings, candidates)
+    base, adapters, whole, model_info = _resolve_models(settings, candidates)
     scorer = Scorer(settings.metrics)
-    local = LocalModels(base, adapters, device) if base else None
+    local = LocalModels(base, adapters, device, whole) if base else None
     tokenizer = local.tokenizer if local else None
     load_seconds = time.perf_counter() - started
     references = [case.reference for case in cases]

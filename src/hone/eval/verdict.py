@@ -3,14 +3,59 @@
 SHIP needs all of: the primary metric gains at least `threshold` points over the baseline, the 95% CI
 of that gain excludes 0, and the general probe scores did not drop beyond tolerance. A gain whose CI
 lies entirely below 0, or forgetting beyond tolerance, is a REGRESSION. Anything else is NOT WORTH IT.
-When a number the rule needs is missing, the verdict is INCOMPLETE and says what is missing.
+When a number the rule needs is missing, the verdict is INCOMPLETE and says what is missing. Unless the config
+names it, the primary metric follows the test set's references (`default_primary_metric`).
 """
 
 from __future__ import annotations
 
-from hone.eval.metrics import METRIC_INFO
+from dataclasses import dataclass
+
+from hone.eval.metrics import METRIC_INFO, parse_json_document
 
 SHIP, NOT_WORTH_IT, REGRESSION, INCOMPLETE = "SHIP", "NOT WORTH IT", "REGRESSION", "INCOMPLETE"
+MOST = 0.8  # share of the references that must have a shape for the default metric to follow it
+SHORT_ANSWER_WORDS = 5
+
+
+@dataclass(frozen=True)
+class MetricChoice:
+    """The metric the verdict rests on, and why it was chosen."""
+
+    name: str
+    reason: str
+
+
+def default_primary_metric(references: list[str], labels: list[str] | None = None) -> MetricChoice:
+    """The verdict's metric when verdict.primary_metric is not set, chosen from the test set's reference answers:
+
+    1. metrics.labels is set: label accuracy (`accuracy`);
+    2. at least 80% of the references are JSON objects: per-field JSON accuracy (`json_fields`);
+    3. at least 80% are short answers of at most 5 words (labels, names, numbers): `exact_match`;
+    4. otherwise the references are free text: `rouge_l` (ROUGE-L F), which gives credit for a reply that says
+       the same in slightly other words, where exact match would count nearly every reply wrong.
+    """
+    if labels:
+        return MetricChoice("accuracy", f"metrics.labels is set ({len(labels)} labels)")
+    if not references:
+        return MetricChoice("exact_match", "no references to choose from")
+    total = len(references)
+    objects = sum(isinstance(parse_json_document(r), dict) for r in references)
+    if objects >= MOST * total:
+        return MetricChoice("json_fields", f"{objects} of {total} references are JSON objects")
+    short = [" ".join(r.split()) for r in references if len(r.split()) <= SHORT_ANSWER_WORDS]
+    if len(short) >= MOST * total:
+        return MetricChoice("exact_match", f"{len(short)} of {total} references are short answers of at most "
+                            f"{SHORT_ANSWER_WORDS} words ({len(set(short))} distinct)")
+    return MetricChoice("rouge_l", f"the references are free text: only {len(short)} of {total} are short answers "
+                        f"of at most {SHORT_ANSWER_WORDS} words and {objects} are JSON objects")
+
+
+def primary_metric(settings, references: list[str]) -> MetricChoice:
+    """verdict.primary_metric of an EvalConfig when it is set, else the default for these references."""
+    if settings.verdict.primary_metric:
+        return MetricChoice(settings.verdict.primary_metric, "set in verdict.primary_metric")
+    return default_primary_metric(references, settings.metrics.labels)
 
 
 def _gain(comparison: dict, direction: int) -> tuple[float, float, float]:
@@ -65,10 +110,12 @@ def _alternative_notes(aggregates: dict, candidates: list, candidate: str, basel
 def decide(report: dict, settings, candidates: list) -> dict:
     """The verdict for `settings.verdict` (VerdictConfig) on a report with aggregates and comparisons."""
     rule = settings.verdict
-    metric = settings.primary_metric()
+    choice = primary_metric(settings, [example["reference"] for example in report.get("examples", [])])
+    metric = choice.name
     candidate = rule.candidate or next((c.name for c in candidates if c.adapter is not None), None)
-    result = {"decision": INCOMPLETE, "primary_metric": metric, "threshold": rule.threshold, "candidate": candidate,
-              "baseline": rule.baseline, "reasons": [], "notes": []}
+    result = {"decision": INCOMPLETE, "primary_metric": metric, "primary_metric_reason": choice.reason,
+              "threshold": rule.threshold, "candidate": candidate, "baseline": rule.baseline, "reasons": [],
+              "notes": []}
     comparison = (report.get("comparisons") or {}).get(candidate, {}).get(metric) if candidate else None
     if candidate is None:
         result["reasons"].append("no fine-tuned candidate to judge: add one with an adapter")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,8 +65,25 @@ def same_base(claimed: str, served: str, served_dir: Path) -> bool:
     return leaf in {Path(served).name.lower(), served_dir.name.lower()}
 
 
-def resolve_adapter(name: str, path: str | Path, served: str, served_dir: Path) -> AdapterSource:
-    """Check that `path` holds an adapter trained on the served base; every refusal says why."""
+def _trained_on_fingerprint(run_dir: Path | None) -> str | None:
+    """The base-weights fingerprint a `hone train` run recorded in its summary (None for a bare adapter)."""
+    summary = run_dir / "summary.json" if run_dir is not None else None
+    if summary is None or not summary.is_file():
+        return None
+    try:
+        return json.loads(summary.read_text()).get("base_model_fingerprint")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
+def resolve_adapter(name: str, path: str | Path, served: str, served_dir: Path,
+                    served_fingerprint: Callable[[], str] | None = None) -> AdapterSource:
+    """Check that `path` holds an adapter trained on the served base; every refusal says why.
+
+    A run that recorded its base's weights fingerprint is matched by it (`served_fingerprint()`), so a renamed
+    or moved copy of the same base is accepted and a different model under the same name is not; a bare
+    adapter folder is matched by the base name PEFT recorded.
+    """
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise HoneError(f"lora_path {path} does not exist", hint="pass a `hone train` run directory or adapter")
@@ -75,7 +93,13 @@ def resolve_adapter(name: str, path: str | Path, served: str, served_dir: Path) 
         raise HoneError(f"{adapter_dir} lacks {', '.join(missing)}",
                         hint="the adapter is written when training finishes; finish the run first")
     trained_on = _trained_on(adapter_dir, run_dir)
-    if trained_on and not same_base(trained_on, served, served_dir):
+    recorded = _trained_on_fingerprint(run_dir)
+    if recorded and served_fingerprint is not None:
+        if recorded != served_fingerprint():
+            raise HoneError(f"adapter '{name}' was trained on base model '{trained_on}' (weights fingerprint "
+                            f"{recorded[:12]}), which is not the base this server serves ('{served}')",
+                            hint=f"serve it from a server started with --base {trained_on}")
+    elif trained_on and not same_base(trained_on, served, served_dir):
         raise HoneError(f"adapter '{name}' was trained on base model '{trained_on}', but this server serves "
                         f"'{served}'", hint=f"serve it from a server started with --base {trained_on}")
     return AdapterSource(name=name, adapter_dir=adapter_dir, run_dir=run_dir, trained_on=trained_on)

@@ -34,6 +34,19 @@ class Limits(Section):
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request does not say.")
     max_concurrent_requests: int = Field(64, ge=1, description="Beyond this, requests get 429.")
     request_timeout_s: float = Field(300.0, gt=0, description="A request still generating after this gets 504.")
+    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="The largest file POST /v1/files "
+                                  "takes (413 above it).")
+
+
+class Jobs(Section):
+    """The fine-tuning jobs API: which bases clients may name, and the worker inside the server."""
+
+    bases: dict[str, str] = Field(default_factory=dict, description="Names a job's `model` may use -> catalog "
+                                  "name or local model folder, e.g. gpt-4o-mini-2024-07-18: smollm2-135m-instruct. "
+                                  "Catalog names and the served base are always accepted.")
+    worker: bool = Field(True, description="Run one job worker inside the server (`hone worker` runs more).")
+    lease_s: float = Field(30.0, ge=1, description="A job whose worker is silent this long is taken over.")
+    poll_s: float = Field(1.0, gt=0, le=60, description="How often the worker reads a running job's progress.")
 
 
 class ServeConfig(Section):
@@ -47,6 +60,7 @@ class ServeConfig(Section):
     max_adapters: int = Field(8, ge=1, description="Adapters held in memory at once (LRU).")
     max_batch: int = Field(16, ge=1, description="Sequences decoded together in one forward pass.")
     limits: Limits = Limits()
+    jobs: Jobs = Jobs()
     api_key_required: bool = Field(False, description="Refuse to start without API keys.")
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     device: str = Field("auto", description="'auto' (CUDA when present, else CPU), 'cpu' or 'cuda:N'.")
@@ -70,6 +84,10 @@ class ServeConfig(Section):
     def served_base(self) -> str:
         """The model id clients send for the base model."""
         return self.base_id or self.base
+
+    def job_bases(self) -> dict[str, str]:
+        """Every name a fine-tuning job may give as its base: `jobs.bases` and the served base."""
+        return {self.served_base: self.base, **self.jobs.bases}
 
     def options(self, name: str) -> ModelOptions:
         """The options of served model `name` (defaults when it has none)."""

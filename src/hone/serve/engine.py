@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
+from hone.models.generation import stop_token_ids
 from hone.serve.adapters import AdapterRegistry, AdapterSource, LoadedAdapters
 from hone.serve.kv import BatchCache, left_pad
 
@@ -49,7 +50,7 @@ class Event:
     text: str
     finish_reason: str | None = None  # "stop", "length", "error"
     error: str | None = None
-    status: int = 500  # the HTTP status an error maps to
+    model_missing: bool = False  # the error is that the request's adapter was unloaded while it waited
 
 
 @dataclass(eq=False)
@@ -75,6 +76,18 @@ class Sequence:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
         except RuntimeError:  # the request's loop has closed: nobody is listening any more
             self.cancelled = True
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """What the engine is doing: sequences decoding and waiting, steps and tokens so far, adapters in memory."""
+
+    running: int
+    waiting: int
+    steps: int
+    tokens_generated: int
+    adapters_loaded: list[str]
+    max_batch: int
 
 
 class Running:
@@ -117,7 +130,7 @@ class Engine:
         self.loaded = loaded
         self.max_batch = max_batch
         self.device = next(model.parameters()).device
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = frozenset(stop_token_ids(tokenizer, getattr(model, "generation_config", None)))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.running = Running()
         self.waiting: deque[Sequence] = deque()
@@ -177,10 +190,10 @@ class Engine:
             self._retire_unloaded()
         return self.call(retire)
 
-    def stats(self) -> dict:
-        return {"running": len(self.running.rows), "waiting": len(self.waiting), "steps": self.steps,
-                "tokens_generated": self.tokens_out, "adapters_loaded": self.loaded.names,
-                "max_batch": self.max_batch}
+    def stats(self) -> EngineStats:
+        return EngineStats(running=len(self.running.rows), waiting=len(self.waiting), steps=self.steps,
+                           tokens_generated=self.tokens_out, adapters_loaded=self.loaded.names,
+                           max_batch=self.max_batch)
 
     # ---- engine thread ----
 
@@ -248,7 +261,7 @@ class Engine:
             return True
         source = self.registry.get(sequence.adapter)
         if source is None:
-            sequence.send(Event("", finish_reason="error", status=404,
+            sequence.send(Event("", finish_reason="error", model_missing=True,
                                 error=f"The model '{sequence.adapter}' was unloaded while the request waited"))
             return None
         return self.loaded.ensure(source, in_use)
@@ -359,15 +372,6 @@ class Engine:
         seq.finished, seq.finish_reason = True, reason
         seq.send(Event(text[seq.sent_chars:], finish_reason=reason))
         seq.sent_chars = len(text)
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
-    """Every token id that ends a reply: the tokenizer's EOS and the model's generation-config EOS ids."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if configured is not None:
-        ids |= set(configured) if isinstance(configured, list) else {configured}
-    return ids
 
 
 def _generator(seed: int | None, device) -> torch.Generator:

@@ -1,7 +1,8 @@
 """The database connection: SQLite under $HONE_HOME by default, any SQLAlchemy URL (PostgreSQL too) otherwise.
 
-One engine per URL is shared by every store in the process. SQLite runs in WAL mode with
-`check_same_thread` off, so server worker threads can write while readers read.
+One engine per URL is shared by every store in the process; the first use in a process applies any pending
+schema migrations (see `hone.store.schema`). SQLite runs in WAL mode with `check_same_thread` off, so server
+worker threads can write while readers read.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Session
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
 from hone.errors import HoneError
 from hone.home import hone_home
+from hone.store.schema import SchemaState, SchemaUpgrade, empty_state, schema_state, upgrade
 
 DATABASE_ENV = "HONE_DATABASE_URL"
 DATABASE_FILE = "hone.db"
@@ -29,24 +31,39 @@ _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 
 
-class Base(DeclarativeBase):
-    """Declarative base of every hone table."""
-
-
 def database_url(db_url: str | None = None) -> str:
     """`db_url`, else $HONE_DATABASE_URL, else the SQLite file $HONE_HOME/hone.db."""
     return db_url or os.environ.get(DATABASE_ENV) or f"sqlite:///{hone_home() / DATABASE_FILE}"
 
 
 def engine_for(db_url: str | None = None) -> Engine:
-    """The shared engine for the database at `db_url` (see `database_url`), with hone's tables created."""
+    """The shared engine for the database at `db_url` (see `database_url`), its schema migrated to the newest."""
     url = database_url(db_url)
     with _engines_lock:
         if url not in _engines:
-            engine = _new_engine(url)
-            create_all(engine)
-            _engines[url] = engine
+            _upgraded(url)
         return _engines[url]
+
+
+def upgrade_database(db_url: str | None = None) -> SchemaUpgrade:
+    """Apply the pending schema migrations to the database at `db_url` now, as `hone db upgrade` does."""
+    with _engines_lock:
+        return _upgraded(database_url(db_url))
+
+
+def database_schema(db_url: str | None = None) -> SchemaState:
+    """The schema revision of the database at `db_url` and the migrations it lacks, without changing it."""
+    url = database_url(db_url)
+    with _engines_lock:
+        cached = _engines.get(url)
+    if cached is None and _missing_sqlite_file(url):
+        return empty_state()  # rather than create the file just to look inside
+    engine = cached or _new_engine(url)
+    try:
+        return schema_state(engine)
+    finally:
+        if cached is None:
+            engine.dispose()
 
 
 def dispose_engine(db_url: str | None = None) -> None:
@@ -57,6 +74,19 @@ def dispose_engine(db_url: str | None = None) -> None:
         engine.dispose()
 
 
+def _upgraded(url: str) -> SchemaUpgrade:
+    """Migrate the database at `url` and keep its engine for the process; the caller holds `_engines_lock`."""
+    engine = _engines.get(url) or _new_engine(url)
+    try:
+        result = upgrade(engine)
+    except BaseException:
+        if _engines.get(url) is not engine:
+            engine.dispose()
+        raise
+    _engines[url] = engine
+    return result
+
+
 def _new_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
@@ -64,9 +94,19 @@ def _new_engine(url: str) -> Engine:
             return create_engine(url, pool_pre_ping=True)
         return _sqlite_engine(url, parsed.database)
     except (ArgumentError, NoSuchModuleError, ImportError) as error:
-        raise HoneError(f"cannot use the database URL {_redacted(url)}: {error}",
+        raise HoneError(f"cannot use the database URL {redacted_url(url)}: {error}",
                         hint="use sqlite:///PATH/hone.db, or postgresql+psycopg://USER@HOST/DB after "
                         f"`pip install 'hone[postgres]'`, via --db or ${DATABASE_ENV}") from None
+
+
+def _missing_sqlite_file(url: str) -> bool:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return False
+    database = parsed.database
+    return (parsed.get_backend_name() == "sqlite" and bool(database) and database != ":memory:"
+            and not Path(database).expanduser().exists())
 
 
 def _sqlite_engine(url: str, database: str | None) -> Engine:
@@ -94,19 +134,6 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor.close()
 
 
-def create_all(engine: Engine) -> None:
-    """Create any of hone's tables that do not exist yet."""
-    import hone.store.tables  # noqa: F401  (registers the tables on Base.metadata)
-
-    try:
-        Base.metadata.create_all(engine)
-    except SQLAlchemyError as error:
-        raise HoneError(f"cannot open the database {_redacted(str(engine.url))}: {error.__class__.__name__}: "
-                        f"{getattr(error, 'orig', None) or error}",
-                        hint="check the path is writable (SQLite) or the server is reachable and the user may "
-                        "create tables (PostgreSQL)") from None
-
-
 @contextmanager
 def session(engine: Engine) -> Iterator[Session]:
     """A session in one transaction: committed when the block ends, rolled back on an exception."""
@@ -114,8 +141,8 @@ def session(engine: Engine) -> Iterator[Session]:
         yield db
 
 
-def _redacted(url: str) -> str:
-    """The URL with any password hidden, for error messages."""
+def redacted_url(url: str) -> str:
+    """The URL with any password hidden, fit to print."""
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:

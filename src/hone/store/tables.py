@@ -1,4 +1,4 @@
-"""hone's tables: API keys, captured requests and the feedback given on them."""
+"""hone's tables: API keys, captured traffic and feedback, files, fine-tuning jobs and the model registry."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import DateTime, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from hone.store.db import Base
+from hone.store.base import Base
 
 
 def utc_now() -> datetime:
@@ -21,12 +21,21 @@ def iso_utc(moment: datetime | None) -> str | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
 
 
+DEFAULT_PROJECT = "default"
+
+
+def project_column() -> Mapped[str]:
+    """The project an object belongs to; a key of one project never sees another project's objects."""
+    return mapped_column(String(64), default=DEFAULT_PROJECT, server_default=DEFAULT_PROJECT, index=True)
+
+
 class ApiKey(Base):
     """A server API key: only its salted scrypt hash is stored, plus a short prefix to find it by."""
 
     __tablename__ = "api_keys"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    project: Mapped[str] = project_column()
     name: Mapped[str] = mapped_column(String(64), index=True)
     prefix: Mapped[str] = mapped_column(String(16), index=True)
     salt: Mapped[str] = mapped_column(String(64))
@@ -41,6 +50,7 @@ class CapturedRequest(Base):
     __tablename__ = "captured_requests"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    project: Mapped[str] = project_column()
     response_id: Mapped[str] = mapped_column(String(128), unique=True)
     model: Mapped[str] = mapped_column(String(256), index=True)
     request_json: Mapped[str] = mapped_column(Text)
@@ -60,3 +70,109 @@ class Feedback(Base):
     rating: Mapped[int | None] = mapped_column(Integer, default=None)
     correction: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+
+class StoredFile(Base):
+    """An uploaded file (`file-...`): its bytes live once per sha256 under $HONE_HOME/files."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project: Mapped[str] = project_column()
+    purpose: Mapped[str] = mapped_column(String(32), index=True)
+    filename: Mapped[str] = mapped_column(String(256))
+    bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16))  # processed | error
+    format: Mapped[str | None] = mapped_column(String(32), default=None)
+    examples: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[int] = mapped_column(Integer, default=0)
+    warnings: Mapped[int] = mapped_column(Integer, default=0)
+    validation_json: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, index=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class FineTuningJob(Base):
+    """A fine-tuning job (`ftjob-...`) as OpenAI's API shows it, plus what a worker needs to run and resume it."""
+
+    __tablename__ = "fine_tuning_jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project: Mapped[str] = project_column()
+    model: Mapped[str] = mapped_column(String(256))  # the base as the client named it
+    base_model: Mapped[str] = mapped_column(Text)  # the base it resolved to (catalog name or folder)
+    training_file: Mapped[str] = mapped_column(String(64))
+    validation_file: Mapped[str | None] = mapped_column(String(64), default=None)
+    suffix: Mapped[str | None] = mapped_column(String(64), default=None)
+    seed: Mapped[int] = mapped_column(Integer)
+    metadata_json: Mapped[str] = mapped_column(Text, default="{}")
+    method_json: Mapped[str] = mapped_column(Text)  # OpenAI's method object, "auto" values resolved once known
+    hone_json: Mapped[str] = mapped_column(Text, default="{}")  # hone's own settings (extra_body hone)
+    status: Mapped[str] = mapped_column(String(24), index=True)
+    error_json: Mapped[str | None] = mapped_column(Text, default=None)
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(512), default=None)
+    trained_tokens: Mapped[int | None] = mapped_column(Integer, default=None)
+    result_files_json: Mapped[str] = mapped_column(Text, default="[]")
+    estimated_finish: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # What a worker asked to happen next to a running job: cancel or pause (None: keep going).
+    requested: Mapped[str | None] = mapped_column(String(16), default=None)
+    worker_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    run_dir: Mapped[str | None] = mapped_column(Text, default=None)
+    evaluation_json: Mapped[str | None] = mapped_column(Text, default=None)  # the verdict of the eval after training
+
+
+class JobEvent(Base):
+    """One event of a job (`ftevent-...`); `seq` orders them (newest first in the API)."""
+
+    __tablename__ = "fine_tuning_job_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), index=True)
+    level: Mapped[str] = mapped_column(String(8), default="info")
+    message: Mapped[str] = mapped_column(Text)
+    type: Mapped[str] = mapped_column(String(16), default="message")  # message | metrics
+    data_json: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+
+class JobCheckpoint(Base):
+    """A checkpoint (`ftckpt_...`) of a job, usable as a model under `...:ckpt-step-N`."""
+
+    __tablename__ = "fine_tuning_job_checkpoints"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(512), index=True)
+    metrics_json: Mapped[str] = mapped_column(Text, default="{}")
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+
+class ModelVersion(Base):
+    """A registered fine-tuned model and its lineage: data -> job -> run -> adapter -> eval."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project: Mapped[str] = project_column()
+    name: Mapped[str] = mapped_column(String(512), unique=True)
+    base_model: Mapped[str] = mapped_column(Text)
+    base_fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    job_id: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    training_file_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    dataset_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    config_json: Mapped[str] = mapped_column(Text, default="{}")
+    metrics_json: Mapped[str] = mapped_column(Text, default="{}")
+    eval_json: Mapped[str | None] = mapped_column(Text, default=None)
+    verdict: Mapped[str | None] = mapped_column(String(32), default=None)
+    run_dir: Mapped[str] = mapped_column(Text)
+    weights_dir: Mapped[str] = mapped_column(Text)  # RUN_DIR/adapter, or RUN_DIR/model for method full
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, index=True)

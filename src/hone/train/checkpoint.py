@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,8 +34,12 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone().contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, progress: Progress, keep: int = 2) -> Path:
-    """Write a checkpoint atomically under `folder/step-N` and keep only the newest `keep` of them."""
+def save_checkpoint(folder: Path, model, optimizer, scheduler, progress: Progress, keep: int = 2,
+                    servable: Callable[[Path], None] | None = None) -> Path:
+    """Write a checkpoint atomically under `folder/step-N` and keep only the newest `keep` of them.
+
+    `servable(folder)` writes weights a server can load as they are (an adapter) into the checkpoint too.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"step-{progress.global_step:07d}"
     staging = folder / f".tmp-{target.name}"
@@ -45,6 +50,8 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, progress: Progres
     torch.save({"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
                staging / "rng.pt")
     (staging / "progress.json").write_text(json.dumps(asdict(progress), indent=2))
+    if servable is not None:
+        servable(staging)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     for old in sorted(folder.glob("step-*"))[:-keep]:

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from hone.data.curate.replay import SELF, ReplaySettings
 from hone.data.versions import is_dataset_dir
 from hone.errors import HoneError
 from hone.settings import read_yaml_mapping, resolve_relative, validate
@@ -75,6 +76,25 @@ class TrainingConfig(Section):
         "gradients; fsdp (lora/dora) also shards the frozen base weights across them, for bases too big for one GPU.")
 
 
+class ReplayConfig(ReplaySettings):
+    """General examples mixed into the training data so the fine-tune keeps the base model's general skills."""
+
+    fraction: float = Field(0.1, ge=0, lt=1, description="Share of the training examples that are replay once "
+                            "mixed in; 0 (or `replay: none`) turns replay off.")
+    source: str = Field(SELF, description="'self': the base model's own answers to hone's built-in general "
+                        "prompts, generated once per base model and cached under $HONE_HOME/replay; or a data file "
+                        "of general examples.")
+    max_new_tokens: int = Field(256, ge=16, le=4096, description="self: longest generated answer; longer ones are "
+                                "cut off, so not used, and the next prompt is tried.")
+
+    @property
+    def enabled(self) -> bool:
+        return self.fraction > 0
+
+
+OFF = ("none", "off", "false", "no")
+
+
 class TrainConfig(Section):
     base_model: str = Field("smollm2-135m-instruct", description="Catalog name, HF folder or .gguf file.")
     method: Literal["lora", "dora", "qlora", "full", "dpo"] = Field(
@@ -88,9 +108,41 @@ class TrainConfig(Section):
     lora: LoraConfig = LoraConfig()
     training: TrainingConfig = TrainingConfig()
     dpo: DpoConfig = DpoConfig()
+    replay: ReplayConfig | None = Field(ReplayConfig(), description="General examples mixed into the training data "
+                                        "against forgetting (default: 10% answered by the base model itself); "
+                                        "`none` turns it off. Not mixed again into a `hone data prepare` folder "
+                                        "that already has replay; not used by method dpo.")
     tracking: TrackingConfig = TrackingConfig()
     output_dir: Path = Path("runs")
     run_name: str | None = None
+
+    @field_validator("replay", mode="before")
+    @classmethod
+    def _replay_off(cls, value: Any) -> Any:
+        if value is False or (isinstance(value, str) and value.strip().lower() in OFF):
+            return None
+        return value
+
+    @field_validator("replay")
+    @classmethod
+    def _not_for_dpo(cls, value: ReplayConfig | None, info: ValidationInfo) -> ReplayConfig | None:
+        if info.data.get("method") == "dpo" and value is not None and value.enabled:
+            raise ValueError("does not apply to method dpo: it trains on preference pairs, and general examples "
+                             "have no rejected reply; set replay: none")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_default_replay_for_dpo(cls, raw: Any) -> Any:
+        # Preference pairs have no place for general examples: dpo runs have replay off unless the user asked.
+        if isinstance(raw, dict) and raw.get("method") == "dpo" and "replay" not in raw:
+            return {**raw, "replay": None}
+        return raw
+
+    @property
+    def replay_enabled(self) -> bool:
+        """Whether general examples are to be mixed into the training data."""
+        return self.replay is not None and self.replay.enabled
 
     @model_validator(mode="after")
     def _check_eval(self) -> TrainConfig:
@@ -133,7 +185,10 @@ def load_config(path: Path, overrides: list[str] | None = None) -> TrainConfig:
         for key in ("train", "eval"):
             if isinstance(data.get(key), str):
                 data[key] = str(resolve_relative(Path(data[key]), path))
-    return parse_config(raw, source=str(path))
+    config = parse_config(raw, source=str(path))
+    if config.replay is not None and config.replay.source != SELF:
+        config.replay.source = str(resolve_relative(Path(config.replay.source), path))
+    return config
 
 
 def dump_config(config: TrainConfig) -> str:

@@ -1,17 +1,52 @@
-"""Training data: load, render with the chat template, skip what is too long, split off eval."""
+"""Training data: load, render with the chat template, skip what is too long, split off eval, mix in replay."""
 
 from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from hone.data.formats import load_chat_examples, load_preference_examples
+from hone.data.formats import Example, load_chat_examples, load_preference_examples
 from hone.data.render import RenderedExample, render_chat
 from hone.data.versions import is_dataset_dir, read_manifest
 from hone.errors import HoneError
 from hone.train.config import TrainConfig
+
+TURN_ON_REPLAY = ("--set 'replay={fraction: 0.1, source: self}' (or `replay: {fraction: 0.1, source: self}` in "
+                  "the config)")
+
+
+@dataclass
+class ReplayMix:
+    """The general examples mixed into the training split against forgetting: summary.json's `replay`."""
+
+    settings: dict[str, Any] | None  # the replay config used; None when replay was off
+    target: int = 0
+    examples: int = 0
+    fingerprint: str | None = None  # sha256 of the replay conversations (see replay_fingerprint)
+    counts: dict[str, int] = field(default_factory=dict)  # answers generated / cached / skipped
+    note: str | None = None  # why no replay was mixed in here although the run may still have some
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def warning(self) -> str | None:
+        """What `hone train` warns about: replay off, or fewer replay examples than asked for."""
+        if self.settings is None and self.note is None:
+            return ("replay is off: the fine-tune sees only your data and may forget general skills (a narrow "
+                    "fine-tune can answer every question in its task's format); turn it on with " + TURN_ON_REPLAY)
+        if self.examples < self.target and self.settings["source"] == "self":
+            return (f"replay: only {self.examples} of {self.target} general examples could be mixed in (answers "
+                    f"cut off at replay.max_new_tokens {self.settings['max_new_tokens']} or longer than "
+                    "data.max_length are not used); raise those settings or give replay.source a data file")
+        if self.examples < self.target:
+            return (f"replay: only {self.examples} of {self.target} general examples could be mixed in: "
+                    f"{self.settings['source']} has no more that fit data.max_length")
+        return None
 
 
 @dataclass
@@ -23,6 +58,7 @@ class TrainingData:
     fingerprint: str
     skipped: dict[str, int] = field(default_factory=dict)
     dataset_id: str | None = None  # set when training on a `hone data prepare` dataset folder
+    replay: ReplayMix = field(default_factory=lambda: ReplayMix(settings=None))
 
     @property
     def train_tokens(self) -> int:
@@ -51,14 +87,22 @@ def _sequences(item) -> list[RenderedExample]:
     return [item.chosen, item.rejected] if hasattr(item, "chosen") else [item]
 
 
+def _problem(item, max_length: int) -> str | None:
+    """Why a rendered example (or pair) cannot be trained on, as a `skipped` key; None when it can."""
+    sequences = _sequences(item)
+    if any(len(sequence) > max_length for sequence in sequences):
+        return "longer_than_max_length"
+    if any(sum(sequence.trained[1:]) == 0 for sequence in sequences):
+        return "no_trained_tokens"
+    return None
+
+
 def _render_all(tokenizer, path: Path, max_length: int, skipped: dict[str, int], preferences: bool) -> list:
     rendered = []
     for item in _rendered(tokenizer, path, preferences):
-        sequences = _sequences(item)
-        if any(len(sequence) > max_length for sequence in sequences):
-            skipped["longer_than_max_length"] = skipped.get("longer_than_max_length", 0) + 1
-        elif any(sum(sequence.trained[1:]) == 0 for sequence in sequences):
-            skipped["no_trained_tokens"] = skipped.get("no_trained_tokens", 0) + 1
+        problem = _problem(item, max_length)
+        if problem:
+            skipped[problem] = skipped.get(problem, 0) + 1
         else:
             rendered.append(item)
     return rendered
@@ -77,8 +121,62 @@ def use_dataset_dir(config: TrainConfig) -> str | None:
     return manifest["dataset_id"]
 
 
-def load_training_data(config: TrainConfig, tokenizer) -> TrainingData:
-    """Render every example once; too-long examples are skipped and counted, never silently cut."""
+def prepared_with_replay(path: Path) -> str | None:
+    """The dataset id when `path` is a `hone data prepare` folder that already mixed replay in, else None."""
+    if not is_dataset_dir(path):
+        return None
+    manifest = read_manifest(path)
+    mixed = any(step.get("name") == "replay" for step in manifest.get("steps", []))
+    return manifest.get("dataset_id") if mixed else None
+
+
+def _run_here(make: Callable[[], Any]) -> Any:
+    return make()
+
+
+def _mix_replay(config: TrainConfig, tokenizer, train_count: int, *, on_main: Callable = _run_here,
+               show_progress: bool = True) -> tuple[list[RenderedExample], ReplayMix]:
+    """Rendered replay examples for a training split of `train_count` examples (`config.replay`), seeded with
+    training.seed; only examples that fit data.max_length are used. `on_main` runs the generation (the base
+    model answering, or reading its cached answers) once, on the main process, and hands the result to all."""
+    from hone.data.curate.replay import replay_examples, replay_fingerprint
+
+    settings = config.replay
+    max_length = config.data.max_length
+
+    def fits(example: Example) -> bool:
+        return _problem(render_chat(tokenizer, example.messages), max_length) is None
+
+    examples, report = on_main(lambda: replay_examples(settings, train_count, config.base_model,
+                                                       config.training.seed, fits=fits,
+                                                       show_progress=show_progress))
+    counts = {key: value for key, value in report.counts.items() if key != "added"}
+    mix = ReplayMix(settings=settings.model_dump(mode="json"), target=report.params["target"],
+                    examples=len(examples), fingerprint=replay_fingerprint(examples) if examples else None,
+                    counts=counts)
+    return [render_chat(tokenizer, example.messages) for example in examples], mix
+
+
+def _replay_for(config: TrainConfig, tokenizer, train_count: int, already_in: str | None, on_main: Callable,
+                show_progress: bool) -> tuple[list[RenderedExample], ReplayMix]:
+    """The replay to add to this run's training split, or none, with the reason when it is not the user's choice."""
+    if config.method == "dpo":
+        return [], ReplayMix(settings=None, note="method dpo trains on preference pairs: no replay mixed in")
+    if not config.replay_enabled:
+        return [], ReplayMix(settings=None)
+    if already_in:
+        return [], ReplayMix(settings=config.replay.model_dump(mode="json"),
+                             note=f"not mixed in again: the dataset folder (dataset id {already_in}) already "
+                             "holds replay from `hone data prepare`")
+    return _mix_replay(config, tokenizer, train_count, on_main=on_main, show_progress=show_progress)
+
+
+def load_training_data(config: TrainConfig, tokenizer, *, on_main: Callable = _run_here,
+                       show_progress: bool = True) -> TrainingData:
+    """Render every example once; too-long examples are skipped and counted, never silently cut. Replay
+    (config.replay) is added to the training split after eval examples are held out; `on_main` runs its
+    generation on one process of several (see `_mix_replay`)."""
+    already_in = prepared_with_replay(config.data.train)
     dataset_id = use_dataset_dir(config)
     skipped: dict[str, int] = {}
     preferences = config.method == "dpo"
@@ -99,5 +197,6 @@ def load_training_data(config: TrainConfig, tokenizer) -> TrainingData:
         raise HoneError(f"{config.data.train}: no usable training examples (skipped: {skipped or 'none'})",
                         hint=f"check data.max_length ({config.data.max_length}) and that examples have "
                         "assistant turns; `hone data validate` lists the problems")
-    return TrainingData(train=train, eval=evaluation, fingerprint=dataset_fingerprint(paths, config),
-                        skipped=skipped, dataset_id=dataset_id)
+    replay, mix = _replay_for(config, tokenizer, len(train), already_in, on_main, show_progress)
+    return TrainingData(train=train + replay, eval=evaluation, fingerprint=dataset_fingerprint(paths, config),
+                        skipped=skipped, dataset_id=dataset_id, replay=mix)

@@ -222,6 +222,12 @@ class Trainer:
         if self.dist.is_main:
             self.model.save_pretrained(self.run_dir / self.weights_folder)
 
+    def _servable_writer(self) -> Callable[[Path], None] | None:
+        """Adapters are small, so each checkpoint also holds one that serves as it is (`...:ckpt-step-N`)."""
+        if self.weights_folder != "adapter":
+            return None
+        return lambda folder: self.model.save_pretrained(folder / "adapter")
+
     def _maybe_eval(self, record: dict, last: bool) -> bool:
         """Eval loss when due; returns True when early stopping or the on_eval hook says to stop."""
         t = self.config.training
@@ -269,6 +275,7 @@ class Trainer:
                 record = {"step": p.global_step, "epoch": round(p.epoch + p.batch_in_epoch / self.batches_per_epoch, 4),
                           "train_loss": round(last_loss, 6), "lr": self.scheduler.get_last_lr()[0],
                           "tokens": p.tokens, "tokens_per_s": round(p.tokens / max(p.train_seconds, 1e-9), 1),
+                          "total_steps": self.total_steps,
                           **self.step_metrics()}
                 stopped_early = self._maybe_eval(record, last)
                 if "eval_loss" in record or p.global_step % t.log_every == 0 or last:
@@ -280,7 +287,7 @@ class Trainer:
                 checkpoint_due = (t.save_every and p.global_step % t.save_every == 0) or p.epoch > epoch_before
                 if self.dist.is_main and (checkpoint_due or stop["stop"]):
                     save_checkpoint(self.checkpoints, self.model, self.optimizer, self.scheduler, p,
-                                    keep=t.save_total_limit)
+                                    keep=t.save_total_limit, servable=self._servable_writer())
                 if stopped_early or stop["stop"]:
                     interrupted = stop["stop"] and not stopped_early
                     break

@@ -12,6 +12,7 @@ import ctypes
 
 import torch
 
+from hone.errors import HoneError
 from hone.models import frozen_dtype
 from hone.train.config import TrainConfig
 
@@ -30,11 +31,10 @@ LOSS_CHUNK_TOKENS = 2048  # target tokens whose logits, softmax and gradient the
 
 def _meta_model(config: TrainConfig, dtype: torch.dtype):
     """The run's model (base + adapter) on the meta device: shapes and dtypes, no memory."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from hone.models import local_model_dir
-    from hone.models.loading import peft_quietly
 
     model_config = AutoConfig.from_pretrained(str(local_model_dir(config.base_model)))
     with torch.device("meta"):
@@ -44,8 +44,21 @@ def _meta_model(config: TrainConfig, dtype: torch.dtype):
         return model.requires_grad_(True), model_config
     lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, target_modules=config.lora.target_modules,
                       use_dora=config.method == "dora", task_type="CAUSAL_LM")
-    with peft_quietly():
-        return get_peft_model(model, lora), model_config
+    return with_lora(model, lora), model_config
+
+
+def with_lora(model, lora):
+    """PEFT's model with `lora` added; a target that names no layer of the model is the user's to fix."""
+    from peft import get_peft_model
+
+    from hone.models.loading import peft_quietly
+
+    try:
+        with peft_quietly():
+            return get_peft_model(model, lora)
+    except ValueError as error:
+        raise HoneError(f"lora.target_modules: {error}",
+                        hint="use 'all-linear' or names of linear layers such as q_proj, v_proj") from None
 
 
 def _qlora_frozen_bytes(model) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -17,12 +18,13 @@ import hone
 from hone.errors import HoneError
 from hone.models import fingerprint, frozen_dtype, load_model, load_tokenizer, local_model_dir
 from hone.models.loading import peft_quietly
+from hone.train.checkpoint import latest_checkpoint
 from hone.train.config import TrainConfig, dump_config, parse_config
 from hone.train.data import TrainingData, load_training_data
 from hone.train.distributed import Distributed
 from hone.train.loop import Trainer
 from hone.train.lora_forward import fuse_lora_forward
-from hone.train.memory import keep_freed_memory, memory_plan
+from hone.train.memory import keep_freed_memory, memory_plan, with_lora
 from hone.train.tracking import NullTracker, Tracker
 
 
@@ -39,7 +41,7 @@ def code_version() -> str:
 def build_lora_model(config: TrainConfig, dtype: torch.dtype):
     """The frozen base in `dtype` with trainable LoRA (or DoRA) adapters, kept in float32, from PEFT. For qlora
     the base's linear layers are 4-bit NF4 (bitsandbytes) computing in `dtype`, and its other weights float32."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
     qlora = config.method == "qlora"
@@ -54,12 +56,7 @@ def build_lora_model(config: TrainConfig, dtype: torch.dtype):
     lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
                       target_modules=config.lora.target_modules, use_dora=config.method == "dora",
                       task_type="CAUSAL_LM")
-    try:
-        with peft_quietly():
-            model = get_peft_model(base, lora)
-    except ValueError as error:
-        raise HoneError(f"lora.target_modules: {error}",
-                        hint="use 'all-linear' or names of linear layers such as q_proj, v_proj") from None
+    model = with_lora(base, lora)
     fuse_lora_forward(model)
     return model
 
@@ -99,11 +96,64 @@ def new_run_dir(config: TrainConfig, config_path: Path | None) -> Path:
 
 
 def create_run_dir(config: TrainConfig, config_path: Path | None) -> Path:
-    """A new run directory holding the fully resolved config."""
-    run_dir = new_run_dir(config, config_path)
+    """A new run directory holding the fully resolved config; HoneError naming output_dir if it cannot be made."""
+    output = Path(config.output_dir)
+    hint = "set output_dir to a folder you can write to, e.g. --set output_dir=runs"
+    try:
+        blocker = next((p for p in (output, *output.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise HoneError(f"output_dir {output}: {blocker} is a file, not a folder", hint=hint)
+        run_dir = new_run_dir(config, config_path)
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.yaml").write_text(dump_config(config))
+    except OSError as error:
+        raise HoneError(f"output_dir {output}: cannot create a run directory there ({error.strerror or error})",
+                        hint=hint) from None
+    return run_dir
+
+
+def prepare_fixed_run_dir(config: TrainConfig, run_dir: Path) -> Path | None:
+    """Make `run_dir` ready for `config`: the folder itself when it holds a checkpoint to continue from, else
+    None after clearing what an attempt that died before its first checkpoint left."""
+    if latest_checkpoint(run_dir / "checkpoints") is not None:
+        return run_dir
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(dump_config(config))
-    return run_dir
+    return None
+
+
+def finished_summary(run_dir: Path) -> dict | None:
+    """The run's summary when it ended (not by an interrupt) at its newest checkpoint, else None."""
+    path, checkpoint = Path(run_dir) / "summary.json", latest_checkpoint(Path(run_dir) / "checkpoints")
+    if not path.is_file() or checkpoint is None:
+        return None
+    summary = json.loads(path.read_text())
+    step = json.loads((checkpoint / "progress.json").read_text())["global_step"]
+    if summary.get("interrupted", True) or step < summary.get("steps", 0):
+        return None
+    return summary
+
+
+def refuse_finished_run(run_dir: Path) -> None:
+    """A HoneError when the run ended (its summary is not of an interrupt) at its newest checkpoint: resuming would
+    train nothing and overwrite the summary. From an earlier checkpoint the run is simply trained to its end again."""
+    summary = finished_summary(run_dir)
+    if summary is None:
+        return
+    how = "stopped early" if summary.get("stopped_early") or summary.get("pruned") else "finished"
+    raise HoneError(f"the run in {run_dir} already {how} at step {summary.get('steps')} of "
+                    f"{summary.get('total_steps')}; nothing to resume",
+                    hint=f"its weights are in {run_dir}; to train again start a new run: "
+                    f"hone train {Path(run_dir) / 'config.yaml'}")
+
+
+def last_logged_train_loss(run_dir: Path) -> float | None:
+    """The train loss of the last line of RUN_DIR/metrics.jsonl (a run resumed at its last step trains none)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return json.loads(lines[-1]).get("train_loss") if lines else None
 
 
 def read_run_config(run_dir: Path) -> TrainConfig:
@@ -111,25 +161,37 @@ def read_run_config(run_dir: Path) -> TrainConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise HoneError(f"{run_dir} is not a hone run directory: {path} is missing")
-    return parse_config(yaml.safe_load(path.read_text()), source=str(path))
+    raw = yaml.safe_load(path.read_text())
+    if isinstance(raw, dict):
+        raw.setdefault("replay", None)  # a run started before replay was a default trained without it
+    return parse_config(raw, source=str(path))
 
 
 def train(config: TrainConfig, *, config_path: Path | None = None, resume_dir: Path | None = None,
-          show_progress: bool = True, on_eval: Callable[[int, float], bool] | None = None) -> Path:
+          run_dir: Path | None = None, show_progress: bool = True,
+          on_eval: Callable[[int, float], bool] | None = None) -> Path:
     """Train `config` into a new run directory, or continue the run in `resume_dir`; returns the run dir.
 
-    `on_eval(step, eval_loss)` is called after each eval; returning True stops the run, marked as pruned.
+    With `run_dir` (a job's fixed folder) the run goes there: continued from its newest checkpoint when it
+    has one, else started afresh. `on_eval(step, eval_loss)` is called after each eval; returning True stops
+    the run, marked as pruned.
     """
     started = time.time()
     dist = Distributed.from_env()
+    if run_dir is not None:
+        resume_dir = dist.on_main(lambda: prepare_fixed_run_dir(config, Path(run_dir)))
+        run_dir = Path(run_dir)
     if resume_dir is not None:
         run_dir = Path(resume_dir)
         config = read_run_config(run_dir)
-    else:
+        refuse_finished_run(run_dir)
+    elif run_dir is None:
         run_dir = dist.on_main(lambda: create_run_dir(config, config_path))  # one run directory for all ranks
     torch.manual_seed(config.training.seed)
     tokenizer = load_tokenizer(config.base_model)
-    data = load_training_data(config, tokenizer)
+    data = load_training_data(config, tokenizer, on_main=dist.on_main, show_progress=show_progress and dist.is_main)
+    if data.replay.warning and dist.is_main:
+        print(f"warning: {data.replay.warning}", file=sys.stderr)
     memory = memory_plan(config, max(len(example) for example in data.train))
     if memory["warning"] and dist.is_main:
         print(f"warning: {memory['warning']}", file=sys.stderr)
@@ -142,6 +204,8 @@ def train(config: TrainConfig, *, config_path: Path | None = None, resume_dir: P
         if resume_dir is not None and not trainer.resume():
             raise HoneError(f"{run_dir}/checkpoints holds no checkpoint to resume from")
         outcome = trainer.fit()
+        if outcome["final_train_loss"] is None:  # resumed from a checkpoint at the last step: nothing left to train
+            outcome["final_train_loss"] = last_logged_train_loss(run_dir)
         if dist.is_main:  # the other ranks hold the same weights and figures
             weights = run_dir / trainer.weights_folder
             tokenizer.save_pretrained(weights)  # the adapter (or model) folder then also serves chat as-is
@@ -161,7 +225,8 @@ def start_tracking(config: TrainConfig, run_dir: Path, data: TrainingData):
     record = run_dir / "tracking.json"
     run_id = json.loads(record.read_text())["run_id"] if record.is_file() else None
     tags = {"base_model_fingerprint": fingerprint(config.base_model), "dataset_fingerprint": data.fingerprint,
-            "dataset_id": data.dataset_id or "", "code_version": code_version(), "run_dir": str(run_dir)}
+            "dataset_id": data.dataset_id or "", "replay_fingerprint": data.replay.fingerprint or "",
+            "code_version": code_version(), "run_dir": str(run_dir)}
     tracker = Tracker.start(config.tracking, run_dir.name, config.model_dump(mode="json"), tags, run_id=run_id)
     if tracker.run_id and run_id is None:
         record.write_text(json.dumps({"uri": tracker.uri, "run_id": tracker.run_id}, indent=2) + "\n")
@@ -171,7 +236,7 @@ def start_tracking(config: TrainConfig, run_dir: Path, data: TrainingData):
 def write_summary(run_dir: Path, config: TrainConfig, data: TrainingData, trainer: Trainer, outcome: dict,
                   dtype: torch.dtype, wall_seconds: float, memory_estimate_gib: float,
                   mlflow_run_id: str | None) -> dict:
-    """summary.json: final figures, fingerprints of data and base model, code version, wall time."""
+    """summary.json: final figures, fingerprints of data, replay and base model, code version, wall time."""
     p = trainer.progress
     summary = {
         "run_dir": str(run_dir),
@@ -183,7 +248,9 @@ def write_summary(run_dir: Path, config: TrainConfig, data: TrainingData, traine
         "dataset_id": data.dataset_id,
         "code_version": code_version(),
         "frozen_dtype": str(dtype).replace("torch.", ""),
-        "examples": {"train": len(data.train), "eval": len(data.eval), "skipped": data.skipped},
+        "examples": {"train": len(data.train), "eval": len(data.eval), "skipped": data.skipped,
+                     "replay": data.replay.examples},
+        "replay": data.replay.to_dict(),
         "trainable_parameters": sum(x.numel() for x in trainer.model.parameters() if x.requires_grad),
         "steps": p.global_step,
         "total_steps": outcome["total_steps"],

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -48,7 +51,7 @@ class InputSpec(Section):
 class DedupSettings(Section):
     exact: bool = True
     near: bool = True
-    threshold: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard similarity that counts as near.")
+    threshold: float = Field(0.8, gt=0, le=1, description="Jaccard similarity of word shingles that counts as near.")
     shingle_words: int = Field(5, ge=1)
     num_perm: int = Field(128, ge=16)
 
@@ -154,7 +157,7 @@ def label_of(example: Example, stratify: str) -> str:
     field = stratify.removeprefix("assistant.")
     try:
         return str(json.loads(reply).get(field))
-    except (json.JSONDecodeError, AttributeError):
+    except (ValueError, RecursionError, AttributeError):  # not JSON, too deep, or not an object
         return "<not JSON>"
 
 
@@ -223,7 +226,8 @@ def write_dataset(config: PrepareConfig, splits: dict[str, list[Example]], sourc
 
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    remove_stale_staging(out)
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(out, os.getpid()), dir=out.parent))
     try:
         files = {f"{name}.jsonl": write_split(staging, name, splits[name]) for name in SPLITS}
         dataset_id = sha256_bytes("".join(files[f"{n}.jsonl"]["sha256"] for n in SPLITS).encode())
@@ -249,6 +253,40 @@ def write_dataset(config: PrepareConfig, splits: dict[str, list[Example]], sourc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def _staging_prefix(out: Path, pid: int) -> str:
+    """Staging folders are named after `out`, the owner's pid and host, so a later run can tell when they are stale."""
+    return f".{out.name}.staging-{pid}@{socket.gethostname()}-"
+
+
+def _is_running(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine."""
+    if os.name != "posix":
+        return True  # no safe liveness probe (os.kill would stop it): treat as running
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # e.g. another user's process
+    return True
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Remove the staging folders that earlier runs for `out` left when killed; returns what was removed.
+
+    Only folders named by `_staging_prefix` for this `out` and this host whose owner process is gone.
+    """
+    # The names `_staging_prefix` gives, plus mkdtemp's random letters.
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.staging-(\d+)@{re.escape(socket.gethostname())}-[a-z0-9_]+")
+    removed = []
+    for folder in out.parent.iterdir():
+        found = pattern.fullmatch(folder.name)
+        if found and folder.is_dir() and not _is_running(int(found.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def _move_into_place(staging: Path, out: Path, dataset_id: str, force: bool) -> None:

@@ -52,12 +52,16 @@ class KeyStore:
 
     def verify(self, plain_key: str) -> bool:
         """True when `plain_key` is a key that exists and is not revoked (compared in constant time)."""
+        return self.name_of(plain_key) is not None
+
+    def name_of(self, plain_key: str) -> str | None:
+        """The name of the active key `plain_key` (compared in constant time), or None when there is none."""
         if not plain_key or not plain_key.startswith(KEY_SCHEME):
-            return False
+            return None
         with session(self.engine) as db:
             candidates = db.scalars(select(ApiKey).where(ApiKey.prefix == plain_key[:PREFIX_LENGTH],
                                                          ApiKey.revoked_at.is_(None))).all()
-        return any(self._matches(key, plain_key) for key in candidates)
+        return next((key.name for key in candidates if self._matches(key, plain_key)), None)
 
     def _matches(self, key: ApiKey, plain_key: str) -> bool:
         digest = hashlib.sha256(plain_key.encode()).digest()

@@ -22,6 +22,7 @@ import hone
 from hone.errors import HoneError
 from hone.models import fingerprint, load_model, load_tokenizer, local_model_dir
 from hone.models.finetuned import adapter_fingerprint, attach_adapter, read_run_dir
+from hone.models.generation import stop_token_ids
 from hone.models.loading import peft_quietly
 
 EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -103,7 +104,8 @@ def _save_hf_folder(model, tokenizer, base: str, folder: Path) -> None:
         generation = GenerationConfig.from_pretrained(local_model_dir(base))
     except OSError:
         generation = GenerationConfig.from_model_config(model.config)
-    special = {"eos_token_id": _stop_ids(generation.eos_token_id, tokenizer.eos_token_id),
+    stop_ids = list(stop_token_ids(tokenizer, generation))
+    special = {"eos_token_id": stop_ids[0] if len(stop_ids) == 1 else stop_ids or None,
                "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id}
     config = model.config
     config.architectures = [type(model).__name__]
@@ -116,13 +118,6 @@ def _save_hf_folder(model, tokenizer, base: str, folder: Path) -> None:
     model.generation_config = generation
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-
-
-def _stop_ids(base_eos: int | list[int] | None, chat_eos: int | None) -> int | list[int] | None:
-    """The base's stop tokens plus the tokenizer's EOS (the chat template's end of turn), one int when alone."""
-    ids = [base_eos] if isinstance(base_eos, int) else list(base_eos or [])
-    ids += [chat_eos] if chat_eos is not None and chat_eos not in ids else []
-    return ids[0] if len(ids) == 1 else ids or None
 
 
 def _manifest(run, save_dtype: torch.dtype, gguf: bool) -> dict:

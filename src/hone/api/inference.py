@@ -1,0 +1,154 @@
+"""Inference over /v1: chat and text completions (whole or streamed as SSE), adapters loaded and unloaded at
+run time (vLLM's endpoints), and feedback on captured answers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from hone.api.auth import CurrentCaller
+from hone.api.deps import CurrentServer
+from hone.api.errors import APIError, error_responses, sse_error
+from hone.api.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChunkWriter,
+    CompletionChoice,
+    CompletionRequest,
+    FeedbackRequest,
+    FeedbackResponse,
+    GenerationFields,
+    LoadAdapterRequest,
+    TextCompletion,
+    UnloadAdapterRequest,
+    Usage,
+    new_id,
+)
+from hone.errors import RequestError
+from hone.serve.engine import SamplingParams
+from hone.serve.limits import Slot
+from hone.serve.server import Generation, ModelServer, Prompt
+
+router = APIRouter(tags=["inference"])
+GENERATION_ERRORS = error_responses(400, 404, 413, 429, 504)
+
+
+def _stream_of(chunk_model: str) -> dict:
+    """OpenAPI `responses=` for a 200 that is JSON, or with `"stream": true` SSE lines of `chunk_model`."""
+    return {200: {"description": f"The whole answer, or with `stream` a text/event-stream of `data: {chunk_model}` "
+                  "lines ending with `data: [DONE]`",
+                  "content": {"text/event-stream": {"schema": {"$ref": f"#/components/schemas/{chunk_model}"}}}}}
+
+
+@router.post("/chat/completions", response_model=ChatCompletion,
+             responses={**GENERATION_ERRORS, **_stream_of("ChatCompletionChunk")})
+async def chat_completions(body: ChatCompletionRequest, request: Request, server: CurrentServer,
+                           me: CurrentCaller) -> ChatCompletion | Response:
+    """OpenAI's chat completion, with passages from a retrieval index when the request or the model names one."""
+    adapter = await run_in_threadpool(server.adapter_for, body.model, me.project)
+    slot = server.requests.acquire()
+    try:
+        prompt = await server.chat_prompt(body.model, body.conversation(), index=body.index, top_k=body.top_k)
+        return await _respond(server, request, slot, body, prompt, adapter, "messages", chat=True)
+    except BaseException:
+        slot.release()
+        raise
+
+
+@router.post("/completions", response_model=TextCompletion,
+             responses={**GENERATION_ERRORS, **_stream_of("CompletionChunk")})
+async def completions(body: CompletionRequest, request: Request, server: CurrentServer,
+                      me: CurrentCaller) -> TextCompletion | Response:
+    """OpenAI's (legacy) text completion of one prompt."""
+    adapter = await run_in_threadpool(server.adapter_for, body.model, me.project)
+    slot = server.requests.acquire()
+    try:
+        prompt = await server.text_prompt(body.model, body.prompt_text(), index=body.index, top_k=body.top_k)
+        return await _respond(server, request, slot, body, prompt, adapter, "prompt", chat=False)
+    except BaseException:
+        slot.release()
+        raise
+
+
+@router.post("/load_lora_adapter", response_class=PlainTextResponse, responses=error_responses(400))
+async def load_lora_adapter(body: LoadAdapterRequest, server: CurrentServer) -> str:
+    """Serve a LoRA adapter (a `hone train` run directory or a PEFT folder) as a new model, as vLLM does."""
+    await server.load_adapter(body.lora_name, body.lora_path)
+    return f"Success: LoRA adapter '{body.lora_name}' added successfully."
+
+
+@router.post("/unload_lora_adapter", response_class=PlainTextResponse, responses=error_responses(404))
+async def unload_lora_adapter(body: UnloadAdapterRequest, server: CurrentServer) -> str:
+    """Stop serving an adapter; requests already running with it finish first."""
+    await server.unload_adapter(body.lora_name)
+    return f"Success: LoRA adapter '{body.lora_name}' removed successfully."
+
+
+@router.post("/feedback", responses=error_responses(400, 404))
+async def feedback(body: FeedbackRequest, server: CurrentServer) -> FeedbackResponse:
+    """A rating and/or corrected answer for a captured response (`id` of a completion from a model with capture)."""
+    await server.feedback(body.response_id, body.rating, body.correction)
+    return FeedbackResponse(response_id=body.response_id)
+
+
+def _sampling(server: ModelServer, body: GenerationFields, prompt: Prompt, prompt_param: str) -> SamplingParams:
+    """The request's sampling settings, its length checked against the limits and the context."""
+    max_tokens = server.max_new_tokens(body.requested_tokens(), len(prompt.ids), length_param=body.length_param(),
+                                       prompt_param=prompt_param)
+    return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed,
+                          stop=body.stop_strings(), ignore_eos=body.ignore_eos)
+
+
+async def _respond(server: ModelServer, request: Request, slot: Slot, body: GenerationFields, prompt: Prompt,
+                   adapter: str | None, prompt_param: str, chat: bool) -> ChatCompletion | TextCompletion | Response:
+    """Run the request and answer it whole or as an SSE stream, in OpenAI's shapes; frees `slot` when done."""
+    params = _sampling(server, body, prompt, prompt_param)
+    generation = Generation(server, prompt.ids, adapter, params, request.is_disconnected)
+    response_id = new_id("chatcmpl" if chat else "cmpl")
+    if not body.stream:
+        try:
+            text, finish_reason = await generation.collect()
+        finally:
+            slot.release()
+        if finish_reason is None:
+            return Response(status_code=204)  # the client is gone; nothing to answer or capture
+        usage = Usage.of(generation.prompt_tokens, generation.completion_tokens)
+        await server.record(body.model, response_id, body.model_dump(exclude_unset=True), text, usage.model_dump())
+        sources = prompt.passages or None
+        if chat:
+            return ChatCompletion(id=response_id, created=int(time.time()), model=body.model, usage=usage,
+                                  choices=[ChatChoice(message=AssistantMessage(content=text),
+                                                      finish_reason=finish_reason)], sources=sources)
+        return TextCompletion(id=response_id, created=int(time.time()), model=body.model, usage=usage,
+                              choices=[CompletionChoice(text=text, finish_reason=finish_reason)], sources=sources)
+    writer = ChunkWriter(response_id, body.model, chat, body.include_usage_in_stream())
+    return StreamingResponse(_stream(server, generation, slot, writer, body, response_id, prompt.passages),
+                             media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _stream(server: ModelServer, generation: Generation, slot: Slot, writer: ChunkWriter,
+                  body: GenerationFields, response_id: str, passages: list[dict]) -> AsyncIterator[str]:
+    try:
+        if first := writer.start():
+            yield first
+        parts = []
+        async for event in generation.events():
+            parts.append(event.text)
+            if event.text:
+                yield writer.text(event.text)
+            if event.finish_reason:
+                usage = Usage.of(generation.prompt_tokens, generation.completion_tokens)
+                await server.record(body.model, response_id, body.model_dump(exclude_unset=True), "".join(parts),
+                                    usage.model_dump())
+                yield writer.finish(event.finish_reason, usage, passages)
+    except RequestError as error:
+        yield sse_error(APIError.from_request_error(error))
+    finally:
+        generation.cancel()
+        slot.release()

@@ -1,0 +1,128 @@
+"""Registered model versions: what `/v1/models`, `hone registry list/show` and the server's model lookup read.
+
+A succeeded job registers `ft:{base}:{project}:{suffix}:{id}` with the training file's sha256, the dataset
+id, the full resolved config, the base model's fingerprint, the run's metrics, its checkpoints and the
+eval verdict when there is one. Weights are matched to a served base by that fingerprint, never by name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from hone.errors import NotFoundError
+from hone.store import engine_for, session
+from hone.store.tables import FineTuningJob, JobCheckpoint, ModelVersion, StoredFile, iso_utc, utc_now
+
+
+@dataclass(frozen=True)
+class Servable:
+    """A registered model (or one of its job's checkpoints) that a server can load: where and on which base."""
+
+    name: str
+    project: str
+    weights_dir: Path
+    base_model: str
+    base_fingerprint: str
+    created_at: int
+
+
+def _version_dict(version: ModelVersion) -> dict[str, Any]:
+    return {"name": version.name, "project": version.project, "base_model": version.base_model,
+            "base_fingerprint": version.base_fingerprint, "job_id": version.job_id,
+            "training_file_sha256": version.training_file_sha256, "dataset_id": version.dataset_id,
+            "config": json.loads(version.config_json), "metrics": json.loads(version.metrics_json),
+            "eval": json.loads(version.eval_json) if version.eval_json else None, "verdict": version.verdict,
+            "run_dir": version.run_dir, "weights_dir": version.weights_dir, "created_at": iso_utc(version.created_at)}
+
+
+class Registry:
+    """Model versions of every project; each call is scoped to one project (None: all, for admins and the CLI)."""
+
+    def __init__(self, db_url: str | None = None):
+        self.engine = engine_for(db_url)
+
+    def register(self, db, *, project: str, name: str, base_model: str, base_fingerprint: str, job_id: str | None,
+                 training_file_sha256: str | None, dataset_id: str | None, config: dict, metrics: dict,
+                 run_dir: Path, weights_dir: Path, eval_report: dict | None = None,
+                 verdict: str | None = None) -> None:
+        """Add a version inside the caller's transaction (the job's success and its version land together)."""
+        db.add(ModelVersion(project=project, name=name, base_model=base_model, base_fingerprint=base_fingerprint,
+                            job_id=job_id, training_file_sha256=training_file_sha256, dataset_id=dataset_id,
+                            config_json=json.dumps(config), metrics_json=json.dumps(metrics),
+                            eval_json=json.dumps(eval_report) if eval_report is not None else None,
+                            verdict=verdict, run_dir=str(run_dir), weights_dir=str(weights_dir),
+                            created_at=utc_now()))
+
+    def list(self, project: str | None = None) -> list[dict[str, Any]]:
+        """Every version, newest first."""
+        with session(self.engine) as db:
+            query = select(ModelVersion).order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc())
+            if project is not None:
+                query = query.where(ModelVersion.project == project)
+            return [_version_dict(v) for v in db.scalars(query)]
+
+    def _version(self, db, project: str | None, name: str) -> ModelVersion:
+        version = db.scalar(select(ModelVersion).where(ModelVersion.name == name))
+        if version is None or (project is not None and version.project != project):
+            raise NotFoundError(f"The model '{name}' does not exist or you do not have access to it",
+                                param="model", code="model_not_found")
+        return version
+
+    def show(self, name: str, project: str | None = None) -> dict[str, Any]:
+        """One version with its lineage chain: dataset -> job -> run -> weights -> eval."""
+        with session(self.engine) as db:
+            version = self._version(db, project, name)
+            shown = _version_dict(version)
+            job = db.get(FineTuningJob, version.job_id) if version.job_id else None
+            training = db.get(StoredFile, job.training_file) if job else None
+            checkpoints = db.scalars(select(JobCheckpoint).where(JobCheckpoint.job_id == version.job_id)
+                                     .order_by(JobCheckpoint.step)).all() if job else []
+        replay = shown["metrics"].get("replay") or {}
+        shown["lineage"] = [
+            {"stage": "dataset", "training_file": job.training_file if job else None,
+             "filename": training.filename if training else None, "sha256": version.training_file_sha256,
+             "dataset_id": version.dataset_id, "replay_examples": replay.get("examples"),
+             "replay_fingerprint": replay.get("fingerprint")},
+            {"stage": "job", "id": version.job_id, "status": job.status if job else None,
+             "created_at": iso_utc(job.created_at) if job else None,
+             "finished_at": iso_utc(job.finished_at) if job else None},
+            {"stage": "run", "run_dir": version.run_dir, "base_model": version.base_model,
+             "base_fingerprint": version.base_fingerprint, "method": shown["config"].get("method")},
+            {"stage": "weights", "weights_dir": version.weights_dir,
+             "checkpoints": [c.fine_tuned_model_checkpoint for c in checkpoints]},
+            {"stage": "eval", "verdict": version.verdict, "report": bool(version.eval_json)},
+        ]
+        return shown
+
+    def servable(self, name: str, project: str | None = None) -> Servable:
+        """The weights a model name stands for: a registered version, or `...:ckpt-step-N` of its job."""
+        with session(self.engine) as db:
+            version = db.scalar(select(ModelVersion).where(ModelVersion.name == name))
+            if version is not None and (project is None or version.project == project):
+                return Servable(name, version.project, Path(version.weights_dir), version.base_model,
+                                version.base_fingerprint, int(version.created_at.timestamp()))
+            checkpoint = db.scalar(select(JobCheckpoint).where(JobCheckpoint.fine_tuned_model_checkpoint == name))
+            job = db.get(FineTuningJob, checkpoint.job_id) if checkpoint else None
+            if checkpoint is None or job is None or (project is not None and job.project != project):
+                raise NotFoundError(f"The model '{name}' does not exist or you do not have access to it",
+                                    param="model", code="model_not_found")
+            owner = db.scalar(select(ModelVersion).where(ModelVersion.job_id == job.id))
+        from hone.models import fingerprint
+
+        base_fingerprint = owner.base_fingerprint if owner else fingerprint(job.base_model)
+        return Servable(name, job.project, Path(checkpoint.path), job.base_model, base_fingerprint,
+                        int(checkpoint.created_at.timestamp()))
+
+    def servables(self, project: str | None = None) -> list[Servable]:
+        """Every registered version (not checkpoints), newest first: the fine-tuned models `/v1/models` lists."""
+        with session(self.engine) as db:
+            query = select(ModelVersion).order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc())
+            if project is not None:
+                query = query.where(ModelVersion.project == project)
+            return [Servable(v.name, v.project, Path(v.weights_dir), v.base_model, v.base_fingerprint,
+                             int(v.created_at.timestamp())) for v in db.scalars(query)]

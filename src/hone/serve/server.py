@@ -1,0 +1,326 @@
+"""What one `hone serve` process runs: a base model and its adapters decoded together by the engine, the
+retrieval indexes requests draw passages from, traffic capture and the concurrency limit.
+
+The HTTP layer (`hone.api`) calls this; nothing here imports it. A refused request raises a `RequestError`
+(`hone.errors`, `hone.serve.errors`) naming the request field at fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hone.data.render import render_prompt
+from hone.errors import HoneError, NotFoundError, RequestError
+from hone.models import fingerprint, frozen_dtype, load_model, load_tokenizer, local_model_dir
+from hone.models.finetuned import default_device
+from hone.registry.versions import Registry
+from hone.retrieval.prompt import rag_messages, rag_text, retrieval_query
+from hone.serve.adapters import AdapterRegistry, AdapterSource, LoadedAdapters, resolve_adapter
+from hone.serve.config import MODEL_NAME, ServeConfig
+from hone.serve.engine import Engine, Event, SamplingParams, Sequence
+from hone.serve.errors import GenerationFailed, GenerationTimeout
+from hone.serve.limits import ConcurrencyLimit
+from hone.store.tables import DEFAULT_PROJECT
+
+log = logging.getLogger("hone.serve")
+DISCONNECT_POLL_S = 0.5  # how often a request waiting for tokens checks that its client is still there
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What the model is fed for one request: the token ids, and the retrieved passages they include."""
+
+    ids: list[int]
+    passages: list[dict]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model clients can name: the base (no parent) or an adapter on it, and where its weights come from."""
+
+    id: str
+    root: str
+    parent: str | None
+    owned_by: str = "hone"
+    created: int | None = None
+
+
+class ModelServer:
+    """The model and engine, adapters, capture, indexes and limits of one serving process."""
+
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        self.base_id = config.served_base
+        device = default_device() if config.device == "auto" else config.device
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.base_dir = local_model_dir(config.base)
+        self._base_fingerprint: str | None = None
+        model = load_model(config.base, dtype=frozen_dtype(device, config.dtype), device=device).eval()
+        self.tokenizer = load_tokenizer(config.base)
+        self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
+        self.registry = AdapterRegistry()
+        for name, path in config.adapters.items():
+            try:
+                self.registry.add(resolve_adapter(name, path, config.base, self.base_dir,
+                                                   lambda: self.base_fingerprint))
+            except HoneError as error:
+                raise HoneError(f"adapters.{name}: {error.message}", hint=error.hint) from None
+        loaded = LoadedAdapters(model, config.base, config.max_adapters)
+        self.engine = Engine(model, self.tokenizer, self.registry, loaded, config.max_batch)
+        self.started = int(time.time())
+        self.capture = self._capture_store()
+        self.requests = ConcurrencyLimit(config.limits.max_concurrent_requests)
+        self._indexes: dict[str, object] = {}
+        self._index_lock = threading.Lock()
+        self.fine_tuned_registry = Registry(config.database)
+        self._fine_tuned: dict[str, str] = {}  # fine-tuned model name -> its project
+
+    def start(self) -> None:
+        """Start decoding (the engine's background thread)."""
+        self.engine.start()
+
+    def stop(self) -> None:
+        """Stop decoding; requests still waiting are told the server is shutting down."""
+        self.engine.stop()
+
+    def _capture_store(self):
+        if not any(self.config.options(name).capture for name in [self.base_id, *self.config.adapters]):
+            return None
+        from hone.serve.capture import CaptureStore
+
+        return CaptureStore(self.config.database)
+
+    # ---- models ----
+
+    def served_models(self, project: str = DEFAULT_PROJECT) -> list[ServedModel]:
+        """The base first, then every configured adapter, then the project's fine-tuned models on this base."""
+        adapters = [ServedModel(source.name, str(source.run_dir or source.adapter_dir), self.base_id)
+                    for source in self.registry.all() if source.name not in self._fine_tuned]
+        fine_tuned = [ServedModel(version.name, version.name, self.base_id, version.project, version.created_at)
+                      for version in self.fine_tuned_registry.servables(project)
+                      if version.base_fingerprint == self.base_fingerprint]
+        return [ServedModel(self.base_id, self.config.base, None), *adapters, *fine_tuned]
+
+    @property
+    def base_fingerprint(self) -> str:
+        """sha256 of the served base's weights: fine-tuned models are matched to it, never by name."""
+        if self._base_fingerprint is None:
+            self._base_fingerprint = fingerprint(self.config.base)
+        return self._base_fingerprint
+
+    def adapter_for(self, model: str, project: str = DEFAULT_PROJECT) -> str | None:
+        """The adapter a request's `model` names (None for the base); NotFoundError for other names, and for
+        another project's fine-tuned models."""
+        if model == self.base_id:
+            return None
+        owner = self._fine_tuned.get(model)
+        if owner is not None and owner != project:
+            self.fine_tuned_registry.servable(model, project)  # raises NotFoundError naming the model
+        if self.registry.get(model) is not None:
+            return model
+        if model.startswith("ft:"):
+            return self._load_fine_tuned(model, project)
+        known = ", ".join([self.base_id, *(source.name for source in self.registry.all())])
+        raise NotFoundError(f"The model '{model}' does not exist on this server; served models: {known}. "
+                            "GET /v1/models lists them.", param="model", code="model_not_found")
+
+    def _load_fine_tuned(self, name: str, project: str) -> str:
+        """Register a fine-tuned model (or checkpoint) of `project` from the model registry; the engine loads
+        its weights on first use."""
+        version = self.fine_tuned_registry.servable(name, project)
+        if version.base_fingerprint != self.base_fingerprint:
+            raise NotFoundError(f"The model '{name}' was fine-tuned from '{version.base_model}', and this server "
+                                f"serves another base ('{self.base_id}'); serve it from a server of that base",
+                                param="model", code="model_not_found")
+        if not (version.weights_dir / "adapter_config.json").is_file():
+            raise RequestError(f"The model '{name}' is a whole fine-tuned model, not an adapter on this base; "
+                               "serve it with `hone serve --base` on its weights", param="model",
+                               code="model_not_servable")
+        self._fine_tuned[name] = version.project
+        self.registry.add(AdapterSource(name, version.weights_dir, None, version.base_model))
+        return name
+
+    async def load_adapter(self, lora_name: str, lora_path: str) -> None:
+        """Register the adapter at `lora_path` as model `lora_name` and load it into memory now."""
+        if lora_name == self.base_id or self.registry.get(lora_name) is not None:
+            raise RequestError(f"The lora adapter '{lora_name}' has already been loaded.", param="lora_name")
+        if not MODEL_NAME.match(lora_name):
+            raise RequestError(f"lora_name {lora_name!r} must be letters, digits and ._:/- (at most 128)",
+                               param="lora_name")
+        try:
+            source = resolve_adapter(lora_name, lora_path, self.config.base, self.base_dir,
+                                     lambda: self.base_fingerprint)
+        except HoneError as error:
+            raise RequestError(f"lora_path: {error}", param="lora_path") from None
+        self.registry.add(source)
+        try:
+            await asyncio.wrap_future(self.engine.load_adapter(source))
+        except HoneError as error:
+            self.registry.remove(lora_name)
+            raise RequestError(f"lora_path: {error}", param="lora_path") from None
+
+    async def unload_adapter(self, lora_name: str) -> None:
+        """Stop serving adapter `lora_name`; requests already running with it finish first."""
+        if self.registry.remove(lora_name) is None:
+            raise NotFoundError(f"The lora adapter '{lora_name}' cannot be found.", param="lora_name",
+                                code="model_not_found")
+        await asyncio.wrap_future(self.engine.unload_adapter(lora_name))
+
+    # ---- requests ----
+
+    def max_new_tokens(self, requested: int | None, prompt_tokens: int, *, length_param: str,
+                       prompt_param: str) -> int:
+        """The tokens a request may generate: `requested` checked against the limits and the context left after
+        its prompt, or the configured default. Errors name the request fields `length_param` and `prompt_param`."""
+        limits = self.config.limits
+        if requested is not None and requested > limits.max_tokens:
+            raise RequestError(f"{length_param} is {requested}, above this server's limit of {limits.max_tokens} "
+                               "(limits.max_tokens); ask for fewer tokens", param=length_param, code="invalid_value")
+        room = self.context_length - prompt_tokens
+        if room < 1 or (requested is not None and requested > room):
+            raise RequestError(f"{prompt_param}: the prompt is {prompt_tokens} tokens and {length_param} "
+                               f"{requested or 1} more exceed the model's context of {self.context_length} tokens; "
+                               "shorten the prompt or ask for fewer tokens", param=prompt_param,
+                               code="context_length_exceeded")
+        return requested or min(limits.default_max_tokens, limits.max_tokens, room)
+
+    def _index(self, reference: str):
+        """An opened retrieval index by `indexes` name or path, opened once and kept."""
+        from hone.retrieval.store import open_index
+
+        path = self.config.indexes.get(reference) or Path(reference)
+        with self._index_lock:
+            if reference not in self._indexes:
+                self._indexes[reference] = open_index(path)
+            return self._indexes[reference]
+
+    async def passages(self, model: str, query: str, *, index: str | None = None,
+                       top_k: int | None = None) -> list[dict]:
+        """Top-k passages for `query` from the request's `index` or the model's own ([] when neither names one)."""
+        options = self.config.options(model)
+        if index is not None and index not in self.config.indexes:
+            known = ", ".join(self.config.indexes) or "none are configured (add `indexes:` to serve.yaml)"
+            raise RequestError(f"index {index!r} is not one of this server's indexes: {known}", param="index")
+        reference = index or options.index
+        if not reference:
+            return []
+        try:
+            opened = await asyncio.to_thread(self._index, reference)
+            return await asyncio.to_thread(opened.search, query, top_k or options.top_k)
+        except HoneError as error:
+            failure = RequestError if index else GenerationFailed  # the model's own index is the server's fault
+            raise failure(f"index: {error}", param="index") from None
+
+    async def chat_prompt(self, model: str, messages: list[dict], *, index: str | None = None,
+                          top_k: int | None = None) -> Prompt:
+        """The prompt `model` is fed for a conversation: passages retrieved for its last user turn (from `index`
+        or the model's own) put into its system message, rendered with the chat template."""
+        passages = await self.passages(model, retrieval_query(messages), index=index, top_k=top_k)
+        return Prompt(render_prompt(self.tokenizer, rag_messages(messages, passages)), passages)
+
+    async def text_prompt(self, model: str, prompt: str, *, index: str | None = None,
+                          top_k: int | None = None) -> Prompt:
+        """The prompt `model` is fed for a plain-text prompt, with the passages retrieved for it before it."""
+        passages = await self.passages(model, prompt, index=index, top_k=top_k)
+        ids = list(self.tokenizer(rag_text(prompt, passages))["input_ids"])
+        if not ids:
+            raise RequestError("prompt: it is empty; send some text", param="prompt")
+        return Prompt(ids, passages)
+
+    async def record(self, model: str, response_id: str, request: dict, text: str, usage: dict) -> None:
+        """Store the exchange when the model has capture on; a storage failure is logged, not hidden."""
+        if self.capture is None or not self.config.options(model).capture:
+            return
+        try:
+            await asyncio.to_thread(lambda: self.capture.record(
+                response_id=response_id, model=model, request=request, response_text=text, usage=usage))
+        except Exception:
+            log.exception("could not capture response %s", response_id)
+
+    async def feedback(self, response_id: str, rating: int | None, correction: str | None) -> None:
+        """Attach a rating and/or a corrected answer to a captured response."""
+        if self.capture is None:
+            raise NotFoundError(f"no response '{response_id}': capture is off for every model here",
+                                param="response_id", code="not_found")
+        try:
+            await asyncio.to_thread(lambda: self.capture.feedback(
+                response_id=response_id, rating=rating, correction=correction))
+        except KeyError:
+            raise NotFoundError(f"no captured response with id '{response_id}'", param="response_id",
+                                code="not_found") from None
+        except ValueError as error:
+            raise RequestError(str(error), param="rating") from None
+
+
+class Generation:
+    """One request's run through the engine, read as events, cancelled if the client leaves or time runs out.
+
+    `is_disconnected` tells whether the client has gone; it is polled while no token arrives.
+    """
+
+    def __init__(self, server: ModelServer, prompt_ids: list[int], adapter: str | None, params: SamplingParams,
+                 is_disconnected: Callable[[], Awaitable[bool]]):
+        self.server = server
+        self.is_disconnected = is_disconnected
+        self.prompt_tokens = len(prompt_ids)
+        self.sequence = Sequence(prompt_ids, adapter, params, asyncio.get_running_loop(), asyncio.Queue())
+        self.deadline = time.monotonic() + server.config.limits.request_timeout_s
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.sequence.generated)
+
+    def cancel(self) -> None:
+        """Free the sequence's batch slot now if it is still generating (the reader has gone)."""
+        if not self.sequence.finished:
+            self.server.engine.cancel(self.sequence)
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Events until the last one; raises NotFoundError when the adapter was unloaded meanwhile,
+        GenerationFailed on engine errors and GenerationTimeout past the time limit."""
+        self.server.engine.submit(self.sequence)
+        try:
+            while True:
+                event = await self._next()
+                if event is None:
+                    return  # the client is gone
+                if event.error:
+                    if event.model_missing:
+                        raise NotFoundError(event.error, code="model_not_found")
+                    raise GenerationFailed(event.error)
+                yield event
+                if event.finish_reason:
+                    return
+        finally:
+            self.cancel()
+
+    async def _next(self) -> Event | None:
+        while True:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                limit = self.server.config.limits.request_timeout_s
+                raise GenerationTimeout(f"the request took longer than {limit:g} s (limits.request_timeout_s); "
+                                        "ask for fewer tokens or retry when the server is less busy",
+                                        code="timeout")
+            try:
+                return await asyncio.wait_for(self.sequence.queue.get(), min(remaining, DISCONNECT_POLL_S))
+            except TimeoutError:
+                if await self.is_disconnected():
+                    return None
+
+    async def collect(self) -> tuple[str, str | None]:
+        """The whole text and finish reason (for non-streaming responses); None when the client left."""
+        parts, finish_reason = [], None
+        async for event in self.events():
+            parts.append(event.text)
+            finish_reason = event.finish_reason or finish_reason
+        return "".join(parts), finish_reason
