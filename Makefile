@@ -40,6 +40,7 @@ bench: install
 	$(PY) bench/train_throughput.py
 	$(PY) bench/curate_throughput.py
 	$(PY) bench/serve_throughput.py
+	$(PY) bench/jobs_overhead.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

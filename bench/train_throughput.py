@@ -79,6 +79,7 @@ def run_hone(train_file: Path, out: Path, name: str, settings: dict, max_steps: 
         "data": {"train": str(train_file), "max_length": s["max_length"]},
         "lora": {k: s[k] for k in ("r", "alpha", "dropout", "target_modules")},
         "training": training, "tracking": {"enabled": False},
+        "replay": None,  # TRL trains on exactly the given examples, so hone does too
         "output_dir": str(out), "run_name": name,
     })
     run_dir = train(config, show_progress=False)

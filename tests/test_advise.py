@@ -52,10 +52,12 @@ def test_cheapest_close_approach_wins_when_fine_tuning_does_not():
     assert plain["approach"] == "prompting" and plain["candidate"] == "zero-shot"
 
 
-def test_default_metric_follows_the_answers():
-    assert default_primary_metric(['{"a": 1}', '{"b": 2}'], None) == "json_fields"
-    assert default_primary_metric(["yes", '{"b": 2}'], None) == "token_f1"
-    assert default_primary_metric(["yes"], ["yes", "no"]) == "accuracy"
+def test_default_metric_follows_the_answers_as_in_eval():
+    assert default_primary_metric(['{"a": 1}', '{"b": 2}'], None).name == "json_fields"
+    assert default_primary_metric(["yes", "no refund"], None).name == "exact_match"
+    assert default_primary_metric(["yes"], ["yes", "no"]).name == "accuracy"
+    synopsis = "The customer asks for a refund because the parcel arrived late and the box was damaged."
+    assert default_primary_metric([synopsis, synopsis], None).name == "rouge_l"
 
 
 def test_advise_runs_every_approach_within_the_budget_on_the_tiny_model(tiny_model_dir, tmp_path):

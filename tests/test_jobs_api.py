@@ -175,3 +175,29 @@ def test_any_upload_is_answered_without_a_server_error(service_url, content, fil
     if response.status_code == 200:
         assert body["status"] in ("processed", "error")
         assert body["hone"]["usable"] == (body["hone"]["errors"] == 0 and body["hone"]["examples"] > 0)
+
+
+def test_another_projects_files_jobs_and_models_answer_404(client, tiny_model_dir, tmp_path):
+    from hone.jobs.service import JobService
+    from hone.jobs.spec import JobRequest
+    from hone.jobs.worker import Worker, WorkerSettings
+
+    theirs = JobService(bases={"tiny": str(tiny_model_dir)})  # the same database, another project's objects
+    stored = theirs.files.upload("other", io.BytesIO(("\n".join(chat_lines(12)) + "\n").encode()), "t.jsonl",
+                                 "fine-tune")
+    job = theirs.create("other", JobRequest(model="tiny", training_file=stored.id, hone=FAST, suffix="secret"))
+    Worker(settings=WorkerSettings(poll_s=0.05)).run(max_jobs=1)
+    model = theirs.get("other", job["id"])["fine_tuned_model"]
+    assert model and ":other:secret:" in model
+
+    for call in (lambda: client.files.retrieve(stored.id), lambda: client.files.content(stored.id),
+                 lambda: client.files.delete(stored.id), lambda: client.fine_tuning.jobs.retrieve(job["id"]),
+                 lambda: client.fine_tuning.jobs.cancel(job["id"]),
+                 lambda: client.fine_tuning.jobs.list_events(job["id"]),
+                 lambda: client.fine_tuning.jobs.checkpoints.list(job["id"]),
+                 lambda: client.fine_tuning.jobs.create(model="tiny", training_file=stored.id),
+                 lambda: client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    assert model not in [m.id for m in client.models.list().data]
+    assert job["id"] not in [j.id for j in client.fine_tuning.jobs.list().data]

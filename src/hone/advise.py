@@ -15,9 +15,10 @@ from pathlib import Path
 from hone.errors import HoneError
 from hone.eval import evaluate
 from hone.eval.config import EvalConfig
-from hone.eval.metrics import METRIC_INFO, parse_json_document
+from hone.eval.metrics import METRIC_INFO
 from hone.eval.prompting import load_cases
 from hone.eval.run import compare
+from hone.eval.verdict import default_primary_metric
 
 TRAIN_SHARE = 0.45  # of the budget; evaluation of five candidates gets the rest
 MIN_TEST_EXAMPLES = 8
@@ -32,23 +33,15 @@ APPROACH = {"zero-shot": "prompting", "few-shot": "prompting", "rag": "RAG", "fi
             "fine-tuned+rag": "hybrid (fine-tuning + RAG)"}
 
 
-def default_primary_metric(references: list[str], labels: list[str] | None) -> str:
-    """Accuracy for a label set, JSON field accuracy for JSON object answers, else token F1."""
-    if labels:
-        return "accuracy"
-    if all(isinstance(parse_json_document(r), dict) for r in references):
-        return "json_fields"
-    return "token_f1"
-
-
 def _train_config(base: str, train: Path, out: Path, seconds: float):
     """A short LoRA config whose step count fits `seconds`, measured with a timed step of the real data."""
     from hone.train.config import parse_config
     from hone.train.dry_run import dry_run
 
+    # Replay guards general skills, which advise does not measure; its answers would be generated outside the budget.
     raw = {"base_model": base, "data": {"train": str(train), "max_length": 1024},
            "training": {"epochs": MAX_EPOCHS, "batch_size": 8, "lr": 1e-3, "warmup_ratio": 0.05},
-           "output_dir": str(out / "runs"), "run_name": "advise"}
+           "replay": None, "output_dir": str(out / "runs"), "run_name": "advise"}
     plan = dry_run(parse_config(raw, "hone advise"))
     tokens_per_step = plan["tokens"]["train"] / max(1, plan["micro_batches_per_epoch"])
     steps = math.floor(seconds * plan["estimate"]["tokens_per_s"] / tokens_per_step)
@@ -141,7 +134,7 @@ def advise(train: Path, test: Path, out: Path, *, docs: Path | None = None, budg
                         hint="give at least 1 minute; 10-20 minutes gives a usable sample on a CPU")
     out.mkdir(parents=True, exist_ok=True)
     train_cases, test_cases = load_cases(train, what="training file"), load_cases(test)
-    metric = primary_metric or default_primary_metric([c.reference for c in test_cases], labels)
+    metric = primary_metric or default_primary_metric([c.reference for c in test_cases], labels).name
     if metric not in METRIC_INFO:
         raise HoneError(f"--metric {metric!r} is not a metric", hint=f"choose from {', '.join(METRIC_INFO)}")
 
