@@ -254,3 +254,23 @@ def test_the_jobs_command_line_calls_the_same_service(tiny_model_dir, tmp_path):
     typo = runner.invoke(app, ["jobs", "create", "--model", "tiny", "--training-file", str(data), "--config",
                                str(config), "--hone", '{"lora": {"rank": 4}}'])
     assert typo.exit_code != 0 and "did you mean 'r'" in str(typo.exception)
+
+
+def test_a_job_the_executor_cannot_start_goes_back_to_the_queue(service, tmp_path):
+    from hone.errors import HoneError
+
+    class Unreachable:
+        name = "ray"
+
+        def start(self, job_id, folder):
+            raise HoneError("cannot reach the Ray cluster at http://10.0.0.1:8265")
+
+    job = service.create("default", request(upload(service, tmp_path, chat_lines(12)).id))
+    worker = Worker(executor=Unreachable(), settings=WorkerSettings(poll_s=0.05))
+    worker.stopping.set()  # no waiting before the next claim in this test
+    worker.run_job(worker.claim())
+    assert service.get("default", job["id"])["status"] == "queued"
+    latest = service.events("default", job["id"], limit=1).data[0]
+    assert latest["level"] == "warn" and "cannot reach the Ray cluster" in latest["message"]
+    run_worker()
+    assert service.get("default", job["id"])["status"] == "succeeded"

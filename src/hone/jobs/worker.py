@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sqlalchemy import and_, func, or_, select, update
 
+from hone.errors import HoneError
 from hone.home import hone_home
 from hone.jobs.executors import Executor, LocalExecutor
 from hone.jobs.files import FileStore
@@ -34,6 +35,7 @@ from hone.store.tables import FineTuningJob, JobCheckpoint, JobEvent, StoredFile
 
 log = logging.getLogger("hone.jobs")
 STOP_GRACE_S = 60.0  # how long a stopped training may take to write its checkpoint before it is killed
+RETRY_START_S = 30.0  # how long a worker whose executor failed to start a job waits before claiming again
 RESULT_COLUMNS = ["step", "epoch", "train_loss", "valid_loss", "learning_rate", "tokens", "tokens_per_s"]
 
 
@@ -196,7 +198,13 @@ class Worker:
         """Train a claimed job to its end, its cancel/pause, or the loss of its lease."""
         folder = job_dir(job_id)
         tail = MetricsTail(folder / "run" / "metrics.jsonl", self._posted_steps(job_id))
-        training = self.executor.start(job_id, folder)
+        try:
+            training = self.executor.start(job_id, folder)
+        except HoneError as error:  # e.g. the Ray cluster is down: the job waits for a worker that can run it
+            self._requeue(job_id, f"The {self.executor.name} executor could not start the training: "
+                          f"{error.message}; the job stays queued")
+            self.stopping.wait(RETRY_START_S)
+            return
         stop_sent_at: float | None = None
         requested = None
         while True:
@@ -219,6 +227,13 @@ class Worker:
             time.sleep(self.settings.poll_s if requested is None else min(0.2, self.settings.poll_s))
         self._report(job_id, tail)
         self._finish(job_id, requested, code, folder)
+
+    def _requeue(self, job_id: str, message: str) -> None:
+        with session(self.engine) as db:
+            job = db.get(FineTuningJob, job_id)
+            if job.status == "running" and job.worker_id == self.name:
+                job.status, job.worker_id, job.lease_expires_at = "queued", None, None
+                add_event(db, job_id, message, level="warn")
 
     def _posted_steps(self, job_id: str) -> set[int]:
         with session(self.engine) as db:
