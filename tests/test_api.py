@@ -125,13 +125,16 @@ def test_stream_chunks_have_openais_keys_and_match_their_documented_models(tiny_
         CompletionChunk.model_validate(chunk)
 
 
-def test_the_caller_is_the_keys_name_in_the_default_project(tmp_path):
+def test_the_caller_is_the_keys_name_project_and_role(tmp_path):
     database = f"sqlite:///{tmp_path / 'hone.db'}"
-    assert KeyAuth(database).caller("") == Caller("default", None)  # no key exists: the server is open
+    # No key exists: the server is open, to developers (nothing that touches its disk).
+    assert KeyAuth(database).caller("") == Caller("default", None, "developer")
     stored = KeyStore(database).create("support-app")
+    legal = KeyStore(database).create("legal-review", project="legal", role="approver")
     auth = KeyAuth(database, api_keys=["sk-cli"])
-    assert auth.caller(f"Bearer {stored}") == Caller("default", "support-app")
-    assert auth.caller("Bearer sk-cli") == Caller("default", None)
+    assert auth.caller(f"Bearer {stored}") == Caller("default", "support-app", "developer")
+    assert auth.caller(f"Bearer {legal}") == Caller("legal", "legal-review", "approver")
+    assert auth.caller("Bearer sk-cli") == Caller("default", None, "admin")  # the operator's own key
     for header in ["", f"Basic {stored}", "Bearer ", "Bearer sk-wrong"]:
         with pytest.raises(APIError) as refused:
             auth.caller(header)

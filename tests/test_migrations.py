@@ -125,6 +125,7 @@ def test_hone_db_upgrade_stamps_and_upgrades_a_database_from_before_migrations(d
 
     keys = KeyStore(db_url)
     assert keys.verify(key) and [k["name"] for k in keys.list()] == ["support-app"]
+    assert keys.identify(key).role == "admin"  # a key from before roles keeps the full access it had
     capture = CaptureStore(db_url)
     stats = capture.stats()
     assert stats["captured"] == 2 and stats["ratings"] == 1 and stats["corrections"] == 1

@@ -73,8 +73,8 @@ def client(url: str, key: str = "unused") -> openai.OpenAI:
     return openai.OpenAI(base_url=url, api_key=key, max_retries=0)
 
 
-def greedy(url: str, model: str, messages=CHAT, max_tokens: int = 12) -> str:
-    reply = client(url).chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
+def greedy(url: str, model: str, messages=CHAT, max_tokens: int = 12, key: str = "unused") -> str:
+    reply = client(url, key).chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
                                                 temperature=0, extra_body={"ignore_eos": True})
     return reply.choices[0].message.content
 
@@ -88,6 +88,7 @@ def test_models_lists_the_base_and_each_adapter_with_its_parent(server):
     assert set(models) == {"tiny", "legal", "support"}
     assert models["tiny"]["parent"] is None
     assert models["legal"]["parent"] == "tiny" and models["support"]["parent"] == "tiny"
+    assert {name: model["root"] for name, model in models.items()} == {name: name for name in models}
 
 
 def test_plain_and_streamed_replies_agree_with_usage(server):
@@ -178,30 +179,34 @@ def test_unknown_model_and_bad_parameters_get_openai_errors(server):
     assert response.status_code == 400 and "JSON" in response.json()["error"]["message"]
 
 
-def test_adapters_load_and_unload_at_run_time(server, adapters, tmp_path, tiny_model_dir):
-    load = server + "/load_lora_adapter"
-    assert httpx.post(load, json={"lora_name": "spare", "lora_path": str(adapters["spare"])}).status_code == 200
-    assert "spare" in {m.id for m in client(server).models.list().data}
-    assert greedy(server, "spare") != greedy(server, "tiny")
-    again = httpx.post(load, json={"lora_name": "spare", "lora_path": str(adapters["spare"])})
-    assert again.status_code == 400 and "already been loaded" in again.json()["error"]["message"]
-    missing = httpx.post(load, json={"lora_name": "x", "lora_path": str(tmp_path / "nowhere")})
-    assert missing.status_code == 400 and missing.json()["error"]["param"] == "lora_path"
-    other_base = tmp_path / "other"
+def test_adapters_load_and_unload_at_run_time(adapters, tmp_path, tiny_model_dir):
+    other_base = adapters["spare"].parent / "other"  # under the server's adapter_roots
     other_base.mkdir()
     (other_base / "config.yaml").write_text(yaml.safe_dump({"base_model": "smollm2-135m-instruct"}))
     (other_base / "adapter").mkdir()
     for file in ["adapter_config.json", "adapter_model.safetensors"]:
         (other_base / "adapter" / file).write_bytes((adapters["spare"] / "adapter" / file).read_bytes())
-    wrong = httpx.post(load, json={"lora_name": "x", "lora_path": str(other_base)})
-    assert wrong.status_code == 400 and "trained on base model 'smollm2-135m-instruct'" in wrong.text
+    settings = config(tiny_model_dir, adapters, tmp_path, adapter_roots=[adapters["spare"].parent])
+    admin = {"Authorization": "Bearer sk-operator"}  # loading reads the server's disk: the operator's key
+    with serve_app(create_app(settings, api_keys=["sk-operator"])) as server:
+        load = server + "/load_lora_adapter"
+        spare = {"lora_name": "spare", "lora_path": str(adapters["spare"])}
+        assert httpx.post(load, json=spare, headers=admin).status_code == 200
+        assert "spare" in {m.id for m in client(server, "sk-operator").models.list().data}
+        assert greedy(server, "spare", key="sk-operator") != greedy(server, "tiny", key="sk-operator")
+        again = httpx.post(load, json=spare, headers=admin)
+        assert again.status_code == 400 and "already been loaded" in again.json()["error"]["message"]
+        missing = httpx.post(load, json={"lora_name": "x", "lora_path": str(tmp_path / "nowhere")}, headers=admin)
+        assert missing.status_code == 400 and missing.json()["error"]["param"] == "lora_path"
+        wrong = httpx.post(load, json={"lora_name": "x", "lora_path": str(other_base)}, headers=admin)
+        assert wrong.status_code == 400 and "trained on another base model; this server serves 'tiny'" in wrong.text
 
-    unload = server + "/unload_lora_adapter"
-    assert httpx.post(unload, json={"lora_name": "spare"}).status_code == 200
-    with pytest.raises(openai.NotFoundError):
-        client(server).chat.completions.create(model="spare", messages=CHAT)
-    assert "spare" not in health(server)["adapters_loaded"]
-    assert httpx.post(unload, json={"lora_name": "spare"}).status_code == 404
+        unload = server + "/unload_lora_adapter"
+        assert httpx.post(unload, json={"lora_name": "spare"}, headers=admin).status_code == 200
+        with pytest.raises(openai.NotFoundError):
+            client(server, "sk-operator").chat.completions.create(model="spare", messages=CHAT)
+        assert "spare" not in health(server)["adapters_loaded"]
+        assert httpx.post(unload, json={"lora_name": "spare"}, headers=admin).status_code == 404
 
 
 def test_a_client_that_disconnects_mid_stream_frees_its_slot(server):

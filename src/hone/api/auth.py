@@ -13,24 +13,27 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from hone.api.errors import APIError
-from hone.api.keys import KeyStore
+from hone.api.keys import KeyStore, role_allows
 from hone.errors import HoneError
 from hone.store.tables import DEFAULT_PROJECT
 
 
 @dataclass(frozen=True)
 class Caller:
-    """The client behind a request: its project, and the name of its stored key (None for a key given to
-    `hone serve --api-key`, or when the server needs no key)."""
+    """The client behind a request: its project, the name of its stored key (None for a key given to
+    `hone serve --api-key`, or when the server needs no key) and its role."""
 
     project: str
     key_name: str | None
+    role: str = "developer"
 
 
 class KeyAuth:
     """The keys a server accepts: those in its database (`hone keys`) and those passed on its command line.
 
-    While neither exists the server is open and every request is the default project's.
+    While neither exists the server is open: every request is the default project's, with the developer role
+    (nothing that touches the server's disk). A key given on the command line is the operator's: admin of the
+    default project.
     """
 
     def __init__(self, database: str | None, api_keys: Sequence[str] = (), required: bool = False):
@@ -47,7 +50,7 @@ class KeyAuth:
         """The caller an `Authorization` header value identifies; APIError 401 when a key is needed and it is
         missing or not an active key."""
         if not self.keys_required():
-            return Caller(DEFAULT_PROJECT, None)
+            return Caller(DEFAULT_PROJECT, None, "developer")
         scheme, _, key = authorization.partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
@@ -55,12 +58,12 @@ class KeyAuth:
                            code="invalid_api_key")
         digest = hashlib.sha256(key.encode()).digest()
         if any(hmac.compare_digest(digest, known) for known in self._cli_keys):
-            return Caller(DEFAULT_PROJECT, None)
-        name = self.store.name_of(key)
-        if name is None:
+            return Caller(DEFAULT_PROJECT, None, "admin")
+        identity = self.store.identify(key)
+        if identity is None:
             raise APIError(401, "Incorrect API key provided; create one with `hone keys create NAME`",
                            code="invalid_api_key")
-        return Caller(DEFAULT_PROJECT, name)
+        return Caller(identity.project, identity.name, identity.role)
 
 
 async def require_caller(request: Request) -> Caller:
@@ -70,3 +73,21 @@ async def require_caller(request: Request) -> Caller:
 
 
 CurrentCaller = Annotated[Caller, Depends(require_caller)]
+
+
+def needs(role: str):
+    """FastAPI dependency: the caller, or 403 when its key's role is below `role` (see hone.api.keys.ROLES)."""
+
+    def check(me: CurrentCaller) -> Caller:
+        if not role_allows(me.role, role):
+            key = f"the key '{me.key_name}'" if me.key_name else "this server's open access"
+            raise APIError(403, f"this needs the {role} role or above; {key} has the {me.role} role",
+                           type="permission_error", code="insufficient_role")
+        return me
+
+    return check
+
+
+Viewer = Annotated[Caller, Depends(needs("viewer"))]
+Developer = Annotated[Caller, Depends(needs("developer"))]
+Admin = Annotated[Caller, Depends(needs("admin"))]

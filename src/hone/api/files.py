@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from hone.api.auth import CurrentCaller
+from hone.api.auth import Developer, Viewer
 from hone.api.errors import error_responses
 from hone.jobs.files import FileObject, FileStore
 
@@ -84,7 +84,7 @@ router = APIRouter(prefix="/files", tags=["files"])
 
 
 @router.post("", response_model=FileModel, responses=error_responses(400, 401, 413))
-def upload(me: CurrentCaller, store: Store, request: Request,
+def upload(me: Developer, store: Store, request: Request,
            file: Annotated[UploadFile, File(description="JSONL, one example per line.")],
            purpose: Annotated[str, Form()]) -> FileModel:
     """Upload fine-tuning data (multipart); it is validated at once and stored once per content."""
@@ -92,7 +92,7 @@ def upload(me: CurrentCaller, store: Store, request: Request,
 
 
 @router.get("", response_model=FileList, responses=error_responses(400, 401))
-def list_files(me: CurrentCaller, store: Store, purpose: str | None = None,
+def list_files(me: Viewer, store: Store, purpose: str | None = None,
                limit: Annotated[int | None, Query(ge=1, le=10_000)] = None, order: Literal["asc", "desc"] = "desc",
                after: str | None = None) -> FileList:
     found, has_more = store.list(me.project, purpose, limit, order, after)
@@ -102,12 +102,12 @@ def list_files(me: CurrentCaller, store: Store, purpose: str | None = None,
 
 
 @router.get("/{file_id}", response_model=FileModel, responses=error_responses(401, 404))
-def retrieve(me: CurrentCaller, store: Store, file_id: str) -> FileModel:
+def retrieve(me: Viewer, store: Store, file_id: str) -> FileModel:
     return file_model(store.get(me.project, file_id))
 
 
 @router.get("/{file_id}/problems", response_model=FileProblems, responses=error_responses(401, 404))
-def problems(me: CurrentCaller, store: Store, file_id: str) -> FileProblems:
+def problems(me: Viewer, store: Store, file_id: str) -> FileProblems:
     """Every problem hone found in the file, by line and field."""
     return FileProblems(data=[FileProblem(**p) for p in store.problems(me.project, file_id)])
 
@@ -117,14 +117,14 @@ FILE_BYTES = {200: {"description": "The file's bytes as uploaded (JSONL), or a j
 
 
 @router.get("/{file_id}/content", response_class=FileResponse, responses={**FILE_BYTES, **error_responses(401, 404)})
-def content(me: CurrentCaller, store: Store, file_id: str) -> FileResponse:
+def content(me: Viewer, store: Store, file_id: str) -> FileResponse:
     stored = store.get(me.project, file_id)
     media = "text/csv" if stored.purpose == "fine-tune-results" else "application/jsonl"
     return FileResponse(store.path(me.project, file_id), media_type=media, filename=stored.filename)
 
 
 @router.delete("/{file_id}", response_model=FileDeleted, responses=error_responses(401, 404))
-def delete(me: CurrentCaller, store: Store, file_id: str) -> FileDeleted:
+def delete(me: Developer, store: Store, file_id: str) -> FileDeleted:
     store.delete(me.project, file_id)
     return FileDeleted(id=file_id, deleted=True)
 

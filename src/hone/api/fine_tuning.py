@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from hone.api.auth import CurrentCaller
+from hone.api.auth import Developer, Viewer
 from hone.api.errors import error_responses
 from hone.jobs.service import JobService
 from hone.jobs.spec import HoneSettings, JobRequest
@@ -170,46 +170,46 @@ router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine_tuning"])
 
 
 @router.post("", response_model=FineTuningJobModel, responses=error_responses(400, 401, 404))
-def create(me: CurrentCaller, service: Jobs, body: JobRequest) -> dict:
+def create(me: Developer, service: Jobs, body: JobRequest) -> dict:
     """Create a job; its files are checked at once (a broken file fails the job, naming the line)."""
     return service.create(me.project, body)
 
 
 @router.get("", response_model=JobList, responses=error_responses(400, 401))
-def list_jobs(me: CurrentCaller, service: Jobs, request: Request, after: str | None = None,
+def list_jobs(me: Viewer, service: Jobs, request: Request, after: str | None = None,
               limit: Limit = None) -> dict:
     """The project's jobs, newest first; `metadata[k]=v` keeps jobs tagged so."""
     return service.list(me.project, after, limit, _metadata_filter(request)).to_dict()
 
 
 @router.get("/{job_id}", response_model=FineTuningJobModel, responses=error_responses(401, 404))
-def retrieve(me: CurrentCaller, service: Jobs, job_id: str) -> dict:
+def retrieve(me: Viewer, service: Jobs, job_id: str) -> dict:
     return service.get(me.project, job_id)
 
 
 @router.post("/{job_id}/cancel", response_model=FineTuningJobModel, responses=error_responses(400, 401, 404))
-def cancel(me: CurrentCaller, service: Jobs, job_id: str) -> dict:
+def cancel(me: Developer, service: Jobs, job_id: str) -> dict:
     return service.cancel(me.project, job_id)
 
 
 @router.post("/{job_id}/pause", response_model=FineTuningJobModel, responses=error_responses(400, 401, 404))
-def pause(me: CurrentCaller, service: Jobs, job_id: str) -> dict:
+def pause(me: Developer, service: Jobs, job_id: str) -> dict:
     return service.pause(me.project, job_id)
 
 
 @router.post("/{job_id}/resume", response_model=FineTuningJobModel, responses=error_responses(400, 401, 404))
-def resume(me: CurrentCaller, service: Jobs, job_id: str) -> dict:
+def resume(me: Developer, service: Jobs, job_id: str) -> dict:
     return service.resume(me.project, job_id)
 
 
 @router.get("/{job_id}/events", response_model=JobEventList, responses=error_responses(401, 404))
-def events(me: CurrentCaller, service: Jobs, job_id: str, after: str | None = None, limit: Limit = None) -> dict:
+def events(me: Viewer, service: Jobs, job_id: str, after: str | None = None, limit: Limit = None) -> dict:
     """The job's events, newest first: messages and a metrics event per logged step."""
     return service.events(me.project, job_id, after, limit).to_dict()
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList, responses=error_responses(401, 404))
-def checkpoints(me: CurrentCaller, service: Jobs, job_id: str, after: str | None = None, limit: Limit = None) -> dict:
+def checkpoints(me: Viewer, service: Jobs, job_id: str, after: str | None = None, limit: Limit = None) -> dict:
     """The job's kept checkpoints, newest first; each is usable as a model."""
     page = service.checkpoints(me.project, job_id, after, limit).to_dict()
     ids = [c["id"] for c in page["data"]]

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from hone.api.auth import CurrentCaller
+from hone.api.auth import Admin, Developer
 from hone.api.deps import CurrentServer
 from hone.api.errors import APIError, error_responses, sse_error
 from hone.api.protocol import (
@@ -49,13 +49,14 @@ def _stream_of(chunk_model: str) -> dict:
 @router.post("/chat/completions", response_model=ChatCompletion,
              responses={**GENERATION_ERRORS, **_stream_of("ChatCompletionChunk")})
 async def chat_completions(body: ChatCompletionRequest, request: Request, server: CurrentServer,
-                           me: CurrentCaller) -> ChatCompletion | Response:
+                           me: Developer) -> ChatCompletion | Response:
     """OpenAI's chat completion, with passages from a retrieval index when the request or the model names one."""
     adapter = await run_in_threadpool(server.adapter_for, body.model, me.project)
     slot = server.requests.acquire()
     try:
         prompt = await server.chat_prompt(body.model, body.conversation(), index=body.index, top_k=body.top_k)
-        return await _respond(server, request, slot, body, prompt, adapter, "messages", chat=True)
+        return await _respond(server, request, slot, body, prompt, adapter, "messages", chat=True,
+                              project=me.project)
     except BaseException:
         slot.release()
         raise
@@ -64,36 +65,37 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, server
 @router.post("/completions", response_model=TextCompletion,
              responses={**GENERATION_ERRORS, **_stream_of("CompletionChunk")})
 async def completions(body: CompletionRequest, request: Request, server: CurrentServer,
-                      me: CurrentCaller) -> TextCompletion | Response:
+                      me: Developer) -> TextCompletion | Response:
     """OpenAI's (legacy) text completion of one prompt."""
     adapter = await run_in_threadpool(server.adapter_for, body.model, me.project)
     slot = server.requests.acquire()
     try:
         prompt = await server.text_prompt(body.model, body.prompt_text(), index=body.index, top_k=body.top_k)
-        return await _respond(server, request, slot, body, prompt, adapter, "prompt", chat=False)
+        return await _respond(server, request, slot, body, prompt, adapter, "prompt", chat=False,
+                              project=me.project)
     except BaseException:
         slot.release()
         raise
 
 
 @router.post("/load_lora_adapter", response_class=PlainTextResponse, responses=error_responses(400))
-async def load_lora_adapter(body: LoadAdapterRequest, server: CurrentServer) -> str:
+async def load_lora_adapter(body: LoadAdapterRequest, server: CurrentServer, me: Admin) -> str:
     """Serve a LoRA adapter (a `hone train` run directory or a PEFT folder) as a new model, as vLLM does."""
     await server.load_adapter(body.lora_name, body.lora_path)
     return f"Success: LoRA adapter '{body.lora_name}' added successfully."
 
 
 @router.post("/unload_lora_adapter", response_class=PlainTextResponse, responses=error_responses(404))
-async def unload_lora_adapter(body: UnloadAdapterRequest, server: CurrentServer) -> str:
+async def unload_lora_adapter(body: UnloadAdapterRequest, server: CurrentServer, me: Admin) -> str:
     """Stop serving an adapter; requests already running with it finish first."""
     await server.unload_adapter(body.lora_name)
     return f"Success: LoRA adapter '{body.lora_name}' removed successfully."
 
 
 @router.post("/feedback", responses=error_responses(400, 404))
-async def feedback(body: FeedbackRequest, server: CurrentServer) -> FeedbackResponse:
+async def feedback(body: FeedbackRequest, server: CurrentServer, me: Developer) -> FeedbackResponse:
     """A rating and/or corrected answer for a captured response (`id` of a completion from a model with capture)."""
-    await server.feedback(body.response_id, body.rating, body.correction)
+    await server.feedback(me.project, body.response_id, body.rating, body.correction)
     return FeedbackResponse(response_id=body.response_id)
 
 
@@ -106,8 +108,10 @@ def _sampling(server: ModelServer, body: GenerationFields, prompt: Prompt, promp
 
 
 async def _respond(server: ModelServer, request: Request, slot: Slot, body: GenerationFields, prompt: Prompt,
-                   adapter: str | None, prompt_param: str, chat: bool) -> ChatCompletion | TextCompletion | Response:
-    """Run the request and answer it whole or as an SSE stream, in OpenAI's shapes; frees `slot` when done."""
+                   adapter: str | None, prompt_param: str, chat: bool,
+                   project: str) -> ChatCompletion | TextCompletion | Response:
+    """Run the request and answer it whole or as an SSE stream, in OpenAI's shapes; frees `slot` when done. The
+    exchange is captured as `project`'s."""
     params = _sampling(server, body, prompt, prompt_param)
     generation = Generation(server, prompt.ids, adapter, params, request.is_disconnected)
     response_id = new_id("chatcmpl" if chat else "cmpl")
@@ -119,7 +123,8 @@ async def _respond(server: ModelServer, request: Request, slot: Slot, body: Gene
         if finish_reason is None:
             return Response(status_code=204)  # the client is gone; nothing to answer or capture
         usage = Usage.of(generation.prompt_tokens, generation.completion_tokens)
-        await server.record(body.model, response_id, body.model_dump(exclude_unset=True), text, usage.model_dump())
+        await server.record(project, body.model, response_id, body.model_dump(exclude_unset=True), text,
+                            usage.model_dump())
         sources = prompt.passages or None
         if chat:
             return ChatCompletion(id=response_id, created=int(time.time()), model=body.model, usage=usage,
@@ -128,12 +133,13 @@ async def _respond(server: ModelServer, request: Request, slot: Slot, body: Gene
         return TextCompletion(id=response_id, created=int(time.time()), model=body.model, usage=usage,
                               choices=[CompletionChoice(text=text, finish_reason=finish_reason)], sources=sources)
     writer = ChunkWriter(response_id, body.model, chat, body.include_usage_in_stream())
-    return StreamingResponse(_stream(server, generation, slot, writer, body, response_id, prompt.passages),
+    return StreamingResponse(_stream(server, generation, slot, writer, body, response_id, prompt.passages,
+                                     project),
                              media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 async def _stream(server: ModelServer, generation: Generation, slot: Slot, writer: ChunkWriter,
-                  body: GenerationFields, response_id: str, passages: list[dict]) -> AsyncIterator[str]:
+                  body: GenerationFields, response_id: str, passages: list[dict], project: str) -> AsyncIterator[str]:
     try:
         if first := writer.start():
             yield first
@@ -144,8 +150,8 @@ async def _stream(server: ModelServer, generation: Generation, slot: Slot, write
                 yield writer.text(event.text)
             if event.finish_reason:
                 usage = Usage.of(generation.prompt_tokens, generation.completion_tokens)
-                await server.record(body.model, response_id, body.model_dump(exclude_unset=True), "".join(parts),
-                                    usage.model_dump())
+                await server.record(project, body.model, response_id, body.model_dump(exclude_unset=True),
+                                    "".join(parts), usage.model_dump())
                 yield writer.finish(event.finish_reason, usage, passages)
     except RequestError as error:
         yield sse_error(APIError.from_request_error(error))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from hone.api.auth import CurrentCaller
+from hone.api.auth import Viewer
 from hone.api.deps import CurrentServer
 from hone.api.protocol import ModelList, ModelObject
 
@@ -12,7 +12,7 @@ router = APIRouter(tags=["models"])
 
 
 @router.get("/models")
-def list_models(server: CurrentServer, me: CurrentCaller) -> ModelList:
+def list_models(server: CurrentServer, me: Viewer) -> ModelList:
     """The served models: the base first (no parent), then each adapter and each of the caller's project's
     fine-tuned models, with the base as parent."""
     return ModelList(data=[ModelObject(id=model.id, created=model.created or server.started, root=model.root,

@@ -279,7 +279,7 @@ class ModelObject(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "hone"
-    root: str = Field(description="Where the weights come from: the base's name, or the adapter's run directory.")
+    root: str = Field(description="The model's own name (never a path on the server).")
     parent: str | None = Field(description="The base an adapter runs on; null for the base.")
 
 

@@ -20,15 +20,21 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.
 
 @app.command("create")
 def create(name: Annotated[str, typer.Argument(help="A name for who uses the key, e.g. support-app.")],
+           project: Annotated[str, typer.Option(help="The project whose objects the key sees (only those).")]
+           = "default",
+           role: Annotated[str, typer.Option(help="viewer (reads), developer (also uploads, creates jobs, calls "
+                                             "models), approver (also approves), admin (also the server's disk).")]
+           = "developer",
            db: DbOption = None, as_json: JsonOption = False) -> None:
     """Create a key and print it once; only its hash is stored, so copy it now."""
     from hone.api.keys import KeyStore  # imported on use: keeps the CLI's start-up light
-    key = KeyStore(db).create(name)
+    key = KeyStore(db).create(name, project, role)
     if as_json:
-        emit_json({"name": name, "key": key})
+        emit_json({"name": name, "project": project, "role": role, "key": key})
         return
     console.print(key, soft_wrap=True)
-    stderr.print(f"API key '{name}' created. It is shown only this once: store it in your secrets manager.")
+    stderr.print(f"API key '{name}' ({role} of project {project}) created. It is shown only this once: store it in "
+                 "your secrets manager.")
 
 
 @app.command("list")
@@ -42,9 +48,10 @@ def list_keys(db: DbOption = None, as_json: JsonOption = False) -> None:
     if not keys:
         console.print("No API keys: `hone serve` accepts requests without one. Create one with `hone keys create`.")
         return
-    table = Table("name", "prefix", "created", "status")
+    table = Table("name", "project", "role", "prefix", "created", "status")
     for key in keys:
-        table.add_row(key["name"], key["prefix"] + "...", key["created_at"], "revoked" if key["revoked"] else "active")
+        table.add_row(key["name"], key["project"], key["role"], key["prefix"] + "...", key["created_at"],
+                      "revoked" if key["revoked"] else "active")
     console.print(table)
 
 

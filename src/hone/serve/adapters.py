@@ -14,11 +14,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from hone.errors import HoneError
 from hone.models.finetuned import ADAPTER_FILES, attach_adapter
 from hone.serve.lora_rows import RowAdapters, RowLoraLayer, SharedInput, unsupported
+from hone.settings import read_yaml_mapping
+
+# The one answer to every request path refused: it says nothing of the server's files (not whether the path
+# exists, where it leads, or what a file it read holds).
+PATH_REFUSED = ("lora_path is not an adapter this server may load: give a run directory or adapter folder under "
+                "the server's adapter_roots")
+NO_ROOTS = "this server loads no adapters from a request's lora_path: add `adapter_roots` to serve.yaml"
+
+
+class OtherBase(HoneError):
+    """The adapter was trained on another base model than the one served."""
 
 
 @dataclass(frozen=True)
@@ -44,8 +53,8 @@ def _adapter_folder(path: Path) -> tuple[Path, Path | None]:
 def _trained_on(adapter_dir: Path, run_dir: Path | None) -> str | None:
     """The base model the adapter says it was trained on: the run's base_model, else PEFT's record."""
     if run_dir is not None:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        if isinstance(config, dict) and isinstance(config.get("base_model"), str):
+        config = read_yaml_mapping(run_dir / "config.yaml", "run config")
+        if isinstance(config.get("base_model"), str):
             return config["base_model"]
     try:
         recorded = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
@@ -96,13 +105,59 @@ def resolve_adapter(name: str, path: str | Path, served: str, served_dir: Path,
     recorded = _trained_on_fingerprint(run_dir)
     if recorded and served_fingerprint is not None:
         if recorded != served_fingerprint():
-            raise HoneError(f"adapter '{name}' was trained on base model '{trained_on}' (weights fingerprint "
+            raise OtherBase(f"adapter '{name}' was trained on base model '{trained_on}' (weights fingerprint "
                             f"{recorded[:12]}), which is not the base this server serves ('{served}')",
                             hint=f"serve it from a server started with --base {trained_on}")
     elif trained_on and not same_base(trained_on, served, served_dir):
-        raise HoneError(f"adapter '{name}' was trained on base model '{trained_on}', but this server serves "
+        raise OtherBase(f"adapter '{name}' was trained on base model '{trained_on}', but this server serves "
                         f"'{served}'", hint=f"serve it from a server started with --base {trained_on}")
     return AdapterSource(name=name, adapter_dir=adapter_dir, run_dir=run_dir, trained_on=trained_on)
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    """Whether `path`, symlinks followed, lies in one of `roots`."""
+    resolved = path.resolve(strict=False)
+    return any(resolved.is_relative_to(root.resolve(strict=False)) for root in roots)
+
+
+def confined_path(path: str, roots: list[Path]) -> Path | None:
+    """The folder a request's `path` names, symlinks followed, when it lies in one of `roots`; else None.
+
+    A relative path is taken relative to each root in turn.
+    """
+    given = Path(path)
+    candidates = [given] if given.is_absolute() else [root / given for root in roots]
+    try:
+        return next((candidate.resolve(strict=False) for candidate in candidates
+                     if _inside(candidate, roots) and candidate.is_dir()), None)
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop
+        return None
+
+
+def resolve_request_adapter(name: str, path: str, roots: list[Path], served: str, served_dir: Path,
+                            served_fingerprint: Callable[[], str] | None = None) -> AdapterSource:
+    """`resolve_adapter` for a path a client sent: it must lie under `roots`, and so must every file read.
+
+    Refusals are `PATH_REFUSED`, or `OtherBase` for an adapter under the roots trained on another base; the
+    detailed reason is for the server's log (`HoneError.__cause__`).
+    """
+    if not roots:
+        raise HoneError(NO_ROOTS)
+    folder = confined_path(path, roots)
+    if folder is None:
+        raise HoneError(PATH_REFUSED)
+    try:
+        adapter_dir, run_dir = _adapter_folder(folder)
+        read = [adapter_dir, *(adapter_dir / file for file in ADAPTER_FILES)]
+        if run_dir is not None:
+            read += [run_dir / "config.yaml", run_dir / "summary.json"]
+        if not all(_inside(file, roots) for file in read):
+            raise HoneError(f"{folder} reads files outside adapter_roots")
+        return resolve_adapter(name, folder, served, served_dir, served_fingerprint)
+    except OtherBase:
+        raise
+    except (HoneError, OSError, ValueError, RuntimeError) as error:  # UnicodeDecodeError is a ValueError
+        raise HoneError(PATH_REFUSED) from error
 
 
 class AdapterRegistry:

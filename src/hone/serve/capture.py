@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from hone.data.curate.pii import PiiSettings, Scrubber
 from hone.store import engine_for, session
-from hone.store.tables import CapturedRequest, Feedback, iso_utc
+from hone.store.tables import DEFAULT_PROJECT, CapturedRequest, Feedback, iso_utc
 
 EXPORT_BATCH = 500  # rows read per query while exporting, so a large capture never sits in memory at once
 
@@ -40,9 +40,12 @@ class CaptureStore:
             findings = self._scrubber.find(text)
             return self._scrubber.replace(text, findings) if findings else text
 
-    def record(self, *, response_id: str, model: str, request: dict, response_text: str, usage: dict) -> None:
-        """Store one request and its answer, with PII masked in the messages (or prompt) and the answer."""
-        row = CapturedRequest(response_id=response_id, model=model, request_json=json.dumps(self._masked(request)),
+    def record(self, *, response_id: str, model: str, request: dict, response_text: str, usage: dict,
+               project: str = DEFAULT_PROJECT) -> None:
+        """Store one request of `project` and its answer, with PII masked in the messages (or prompt) and the
+        answer."""
+        row = CapturedRequest(response_id=response_id, project=project, model=model,
+                              request_json=json.dumps(self._masked(request)),
                               response_text=self.mask(response_text), usage_json=json.dumps(usage))
         try:
             with session(self.engine) as db:
@@ -76,16 +79,21 @@ class CaptureStore:
             return {**message, "content": parts}
         return message
 
-    def feedback(self, *, response_id: str, rating: int | None, correction: str | None) -> None:
+    def feedback(self, *, response_id: str, rating: int | None, correction: str | None,
+                 project: str | None = None) -> None:
         """Attach a rating and/or a corrected answer (PII-masked) to a captured response; the latest counts.
 
-        Raises KeyError when no response with that id was captured, ValueError when both are None.
+        Raises KeyError when no response with that id was captured (for `project`, when given: another
+        project's response is not there), ValueError when both are None.
         """
         if rating is None and correction is None:
             raise ValueError("feedback needs a rating, a correction or both")
         masked = self.mask(correction) if correction is not None else None
         with session(self.engine) as db:
-            if db.scalar(select(CapturedRequest.id).where(CapturedRequest.response_id == response_id)) is None:
+            query = select(CapturedRequest.id).where(CapturedRequest.response_id == response_id)
+            if project is not None:
+                query = query.where(CapturedRequest.project == project)
+            if db.scalar(query) is None:
                 raise KeyError(response_id)
             db.add(Feedback(response_id=response_id, rating=rating, correction=masked))
 

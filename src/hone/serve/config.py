@@ -55,6 +55,8 @@ class ServeConfig(Section):
     base: str = Field("smollm2-135m-instruct", description="Catalog name, model folder or .gguf file.")
     base_id: str | None = Field(None, description="Name clients use for the base; default: `base`.")
     adapters: dict[str, Path] = Field(default_factory=dict, description="Adapter name -> run dir or adapter.")
+    adapter_roots: list[Path] = Field(default_factory=list, description="Folders POST /v1/load_lora_adapter may "
+                                      "load from (run dirs or adapters under them); none: it loads nothing by path.")
     models: dict[str, ModelOptions] = Field(default_factory=dict, description="Options per served model name.")
     indexes: dict[str, Path] = Field(default_factory=dict, description="Retrieval indexes requests may name.")
     max_adapters: int = Field(8, ge=1, description="Adapters held in memory at once (LRU).")
@@ -110,6 +112,9 @@ def load_serve_config(path: Path | None = None, adapters: dict[str, Path] | None
 
 
 def _resolve_paths(raw: dict, path: Path) -> None:
+    if isinstance(raw.get("adapter_roots"), list):
+        raw["adapter_roots"] = [resolve_relative(Path(p), path) if isinstance(p, str) else p
+                                for p in raw["adapter_roots"]]
     for key in ("adapters", "indexes"):
         if isinstance(raw.get(key), dict):
             raw[key] = {name: resolve_relative(Path(p), path) if isinstance(p, str) else p

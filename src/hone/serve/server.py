@@ -23,7 +23,14 @@ from hone.models import fingerprint, frozen_dtype, load_model, load_tokenizer, l
 from hone.models.finetuned import default_device
 from hone.registry.versions import Registry
 from hone.retrieval.prompt import rag_messages, rag_text, retrieval_query
-from hone.serve.adapters import AdapterRegistry, AdapterSource, LoadedAdapters, resolve_adapter
+from hone.serve.adapters import (
+    AdapterRegistry,
+    AdapterSource,
+    LoadedAdapters,
+    OtherBase,
+    resolve_adapter,
+    resolve_request_adapter,
+)
 from hone.serve.config import MODEL_NAME, ServeConfig
 from hone.serve.engine import Engine, Event, SamplingParams, Sequence
 from hone.serve.errors import GenerationFailed, GenerationTimeout
@@ -44,7 +51,7 @@ class Prompt:
 
 @dataclass(frozen=True)
 class ServedModel:
-    """A model clients can name: the base (no parent) or an adapter on it, and where its weights come from."""
+    """A model clients can name: the base (no parent) or an adapter on it; `root` is the model's own name."""
 
     id: str
     root: str
@@ -102,13 +109,15 @@ class ModelServer:
     # ---- models ----
 
     def served_models(self, project: str = DEFAULT_PROJECT) -> list[ServedModel]:
-        """The base first, then every configured adapter, then the project's fine-tuned models on this base."""
-        adapters = [ServedModel(source.name, str(source.run_dir or source.adapter_dir), self.base_id)
+        """The base first, then every configured adapter, then the project's fine-tuned models on this base.
+
+        Each model's root is its own name: clients never see where the server keeps the weights."""
+        adapters = [ServedModel(source.name, source.name, self.base_id)
                     for source in self.registry.all() if source.name not in self._fine_tuned]
         fine_tuned = [ServedModel(version.name, version.name, self.base_id, version.project, version.created_at)
                       for version in self.fine_tuned_registry.servables(project)
                       if version.base_fingerprint == self.base_fingerprint]
-        return [ServedModel(self.base_id, self.config.base, None), *adapters, *fine_tuned]
+        return [ServedModel(self.base_id, self.base_id, None), *adapters, *fine_tuned]
 
     @property
     def base_fingerprint(self) -> str:
@@ -157,16 +166,24 @@ class ModelServer:
             raise RequestError(f"lora_name {lora_name!r} must be letters, digits and ._:/- (at most 128)",
                                param="lora_name")
         try:
-            source = resolve_adapter(lora_name, lora_path, self.config.base, self.base_dir,
-                                     lambda: self.base_fingerprint)
+            source = resolve_request_adapter(lora_name, lora_path, self.config.adapter_roots, self.config.base,
+                                             self.base_dir, lambda: self.base_fingerprint)
+        except OtherBase as error:
+            log.info("refused lora_path for %r: %s", lora_name, error)
+            raise RequestError(f"lora_path holds an adapter trained on another base model; this server serves "
+                               f"'{self.base_id}'", param="lora_path",
+                               hint="load it on a server of the base it was trained on") from None
         except HoneError as error:
-            raise RequestError(f"lora_path: {error}", param="lora_path") from None
+            log.info("refused lora_path for %r: %s", lora_name, error.__cause__ or error)
+            raise RequestError(error.message, param="lora_path") from None
         self.registry.add(source)
         try:
             await asyncio.wrap_future(self.engine.load_adapter(source))
         except HoneError as error:
             self.registry.remove(lora_name)
-            raise RequestError(f"lora_path: {error}", param="lora_path") from None
+            log.warning("could not load adapter %r from %s: %s", lora_name, source.adapter_dir, error)
+            raise RequestError(f"the adapter at lora_path could not be loaded on this server's base "
+                               f"'{self.base_id}'; the server's log says why", param="lora_path") from None
 
     async def unload_adapter(self, lora_name: str) -> None:
         """Stop serving adapter `lora_name`; requests already running with it finish first."""
@@ -236,24 +253,26 @@ class ModelServer:
             raise RequestError("prompt: it is empty; send some text", param="prompt")
         return Prompt(ids, passages)
 
-    async def record(self, model: str, response_id: str, request: dict, text: str, usage: dict) -> None:
-        """Store the exchange when the model has capture on; a storage failure is logged, not hidden."""
+    async def record(self, project: str, model: str, response_id: str, request: dict, text: str,
+                     usage: dict) -> None:
+        """Store `project`'s exchange when the model has capture on; a storage failure is logged, not hidden."""
         if self.capture is None or not self.config.options(model).capture:
             return
         try:
             await asyncio.to_thread(lambda: self.capture.record(
-                response_id=response_id, model=model, request=request, response_text=text, usage=usage))
+                response_id=response_id, model=model, request=request, response_text=text, usage=usage,
+                project=project))
         except Exception:
             log.exception("could not capture response %s", response_id)
 
-    async def feedback(self, response_id: str, rating: int | None, correction: str | None) -> None:
-        """Attach a rating and/or a corrected answer to a captured response."""
+    async def feedback(self, project: str, response_id: str, rating: int | None, correction: str | None) -> None:
+        """Attach a rating and/or a corrected answer to a response `project` produced (another project's is 404)."""
         if self.capture is None:
             raise NotFoundError(f"no response '{response_id}': capture is off for every model here",
                                 param="response_id", code="not_found")
         try:
             await asyncio.to_thread(lambda: self.capture.feedback(
-                response_id=response_id, rating=rating, correction=correction))
+                response_id=response_id, rating=rating, correction=correction, project=project))
         except KeyError:
             raise NotFoundError(f"no captured response with id '{response_id}'", param="response_id",
                                 code="not_found") from None

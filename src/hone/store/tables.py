@@ -36,6 +36,8 @@ class ApiKey(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     project: Mapped[str] = project_column()
+    # viewer < developer < approver < admin; keys from before roles keep the full access they had.
+    role: Mapped[str] = mapped_column(String(16), default="developer", server_default="admin")
     name: Mapped[str] = mapped_column(String(64), index=True)
     prefix: Mapped[str] = mapped_column(String(16), index=True)
     salt: Mapped[str] = mapped_column(String(64))

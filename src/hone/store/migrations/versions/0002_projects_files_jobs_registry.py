@@ -1,6 +1,7 @@
-"""Projects on keys and captured traffic; files, fine-tuning jobs with their events and checkpoints, model versions.
+"""Projects on keys and captured traffic, roles on keys; files, fine-tuning jobs with their events and checkpoints,
+model versions.
 
-Existing keys and captured requests join the project `default`.
+Existing keys and captured requests join the project `default`; existing keys get the role `admin`.
 """
 
 import sqlalchemy as sa
@@ -25,6 +26,8 @@ def upgrade() -> None:
         with op.batch_alter_table(table) as batch:
             batch.add_column(_project())
             batch.create_index(f"ix_{table}_project", ["project"])
+    with op.batch_alter_table("api_keys") as batch:  # keys from before roles keep the full access they had
+        batch.add_column(sa.Column("role", sa.String(16), server_default="admin", nullable=False))
 
     op.create_table(
         "files",
