@@ -27,6 +27,11 @@ class Caller:
     key_name: str | None
     role: str = "developer"
 
+    @property
+    def actor(self) -> str:
+        """Who the audit log names: the key's name, or how the caller got in without a stored key."""
+        return self.key_name or ("command-line key" if self.role == "admin" else "open access")
+
 
 class KeyAuth:
     """The keys a server accepts: those in its database (`hone keys`) and those passed on its command line.

@@ -88,7 +88,8 @@ def upload(me: Developer, store: Store, request: Request,
            file: Annotated[UploadFile, File(description="JSONL, one example per line.")],
            purpose: Annotated[str, Form()]) -> FileModel:
     """Upload fine-tuning data (multipart); it is validated at once and stored once per content."""
-    return file_model(store.upload(me.project, file.file, file.filename, purpose, request.app.state.max_upload_bytes))
+    return file_model(store.upload(me.project, file.file, file.filename, purpose, request.app.state.max_upload_bytes,
+                                   actor=me.actor))
 
 
 @router.get("", response_model=FileList, responses=error_responses(400, 401))
@@ -125,6 +126,6 @@ def content(me: Viewer, store: Store, file_id: str) -> FileResponse:
 
 @router.delete("/{file_id}", response_model=FileDeleted, responses=error_responses(401, 404))
 def delete(me: Developer, store: Store, file_id: str) -> FileDeleted:
-    store.delete(me.project, file_id)
+    store.delete(me.project, file_id, actor=me.actor)
     return FileDeleted(id=file_id, deleted=True)
 

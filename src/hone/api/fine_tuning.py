@@ -172,7 +172,7 @@ router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine_tuning"])
 @router.post("", response_model=FineTuningJobModel, responses=error_responses(400, 401, 404))
 def create(me: Developer, service: Jobs, body: JobRequest) -> dict:
     """Create a job; its files are checked at once (a broken file fails the job, naming the line)."""
-    return service.create(me.project, body)
+    return service.create(me.project, body, actor=me.actor)
 
 
 @router.get("", response_model=JobList, responses=error_responses(400, 401))
@@ -189,17 +189,17 @@ def retrieve(me: Viewer, service: Jobs, job_id: str) -> dict:
 
 @router.post("/{job_id}/cancel", response_model=FineTuningJobModel, responses=error_responses(400, 401, 404))
 def cancel(me: Developer, service: Jobs, job_id: str) -> dict:
-    return service.cancel(me.project, job_id)
+    return service.cancel(me.project, job_id, actor=me.actor)
 
 
 @router.post("/{job_id}/pause", response_model=FineTuningJobModel, responses=error_responses(400, 401, 404))
 def pause(me: Developer, service: Jobs, job_id: str) -> dict:
-    return service.pause(me.project, job_id)
+    return service.pause(me.project, job_id, actor=me.actor)
 
 
 @router.post("/{job_id}/resume", response_model=FineTuningJobModel, responses=error_responses(400, 401, 404))
 def resume(me: Developer, service: Jobs, job_id: str) -> dict:
-    return service.resume(me.project, job_id)
+    return service.resume(me.project, job_id, actor=me.actor)
 
 
 @router.get("/{job_id}/events", response_model=JobEventList, responses=error_responses(401, 404))

@@ -81,14 +81,14 @@ async def completions(body: CompletionRequest, request: Request, server: Current
 @router.post("/load_lora_adapter", response_class=PlainTextResponse, responses=error_responses(400))
 async def load_lora_adapter(body: LoadAdapterRequest, server: CurrentServer, me: Admin) -> str:
     """Serve a LoRA adapter (a `hone train` run directory or a PEFT folder) as a new model, as vLLM does."""
-    await server.load_adapter(body.lora_name, body.lora_path)
+    await server.load_adapter(body.lora_name, body.lora_path, actor=me.actor)
     return f"Success: LoRA adapter '{body.lora_name}' added successfully."
 
 
 @router.post("/unload_lora_adapter", response_class=PlainTextResponse, responses=error_responses(404))
 async def unload_lora_adapter(body: UnloadAdapterRequest, server: CurrentServer, me: Admin) -> str:
     """Stop serving an adapter; requests already running with it finish first."""
-    await server.unload_adapter(body.lora_name)
+    await server.unload_adapter(body.lora_name, actor=me.actor)
     return f"Success: LoRA adapter '{body.lora_name}' removed successfully."
 
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
+from hone import audit
 from hone.errors import HoneError
 from hone.store import engine_for, session
 from hone.store.tables import DEFAULT_PROJECT, ApiKey, iso_utc
@@ -54,7 +55,8 @@ class KeyStore:
         self._verified: dict[int, bytes] = {}
         self._lock = threading.Lock()
 
-    def create(self, name: str, project: str = DEFAULT_PROJECT, role: str = "developer") -> str:
+    def create(self, name: str, project: str = DEFAULT_PROJECT, role: str = "developer",
+               actor: str | None = None) -> str:
         """Make a new key called `name` for `project` with `role` and return it in plain text: the only time it is
         ever visible."""
         for what, value in (("API key name", name), ("project", project)):
@@ -73,6 +75,8 @@ class KeyStore:
                                 hint=f"choose another name, or revoke it first with `hone keys revoke {name}`")
             db.add(ApiKey(name=name, project=project, role=role, prefix=plain[:PREFIX_LENGTH], salt=salt.hex(),
                           key_hash=_hash(plain, salt).hex()))
+            audit.record(db, project=project, actor=actor, action="key.created", object_type="api_key",
+                         object_id=name, details={"role": role, "prefix": plain[:PREFIX_LENGTH]})
         return plain
 
     def verify(self, plain_key: str) -> bool:
@@ -118,7 +122,7 @@ class KeyStore:
         return [{"name": key.name, "project": key.project, "role": key.role, "prefix": key.prefix,
                  "created_at": iso_utc(key.created_at), "revoked": key.revoked_at is not None} for key in keys]
 
-    def revoke(self, name: str) -> None:
+    def revoke(self, name: str, actor: str | None = None) -> None:
         """Revoke the active key called `name`; requests using it are refused from now on."""
         with session(self.engine) as db:
             key = self._active(db, name)
@@ -127,6 +131,8 @@ class KeyStore:
                 raise HoneError(f"no active API key named {name!r}",
                                 hint=f"active keys: {', '.join(known)}" if known else "there are no active keys")
             key.revoked_at = datetime.now(UTC)
+            audit.record(db, project=key.project, actor=actor, action="key.revoked", object_type="api_key",
+                         object_id=name, details={"role": key.role})
         with self._lock:
             self._verified.pop(key.id, None)
 

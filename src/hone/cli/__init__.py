@@ -8,6 +8,7 @@ import typer
 
 from hone.cli import (
     advise,
+    audit,
     capture,
     chat,
     data,
@@ -47,6 +48,7 @@ app.command("serve")(serve.serve)
 app.add_typer(jobs.app, name="jobs")
 app.command("worker")(jobs.worker)
 app.add_typer(registry.app, name="registry")
+app.add_typer(audit.app, name="audit")
 
 
 def main() -> None:

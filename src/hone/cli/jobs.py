@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from hone.cli.output import console, emit_json
+from hone.cli.output import cli_actor, console, emit_json
 from hone.errors import HoneError
 
 app = typer.Typer(help="Fine-tuning jobs: the same jobs `POST /v1/fine_tuning/jobs` creates.", no_args_is_help=True)
@@ -40,7 +40,7 @@ def _file_id(service, project: str, value: str, param: str) -> str:
     if not path.is_file():
         raise HoneError(f"--{param.replace('_', '-')} {value}: neither a file id (file-...) nor a file")
     with open(path, "rb") as handle:
-        stored = service.files.upload(project, handle, path.name, "fine-tune")
+        stored = service.files.upload(project, handle, path.name, "fine-tune", actor=cli_actor())
     print(f"uploaded {path} as {stored.id}: {stored.examples} example(s), {stored.errors} broken line(s)",
           file=sys.stderr)
     return stored.id
@@ -75,7 +75,7 @@ def create(
                        validation_file=_file_id(service, project, validation_file, "validation_file")
                        if validation_file else None, suffix=suffix, seed=seed,
                        method={"type": method, method: {"hyperparameters": hyper}}, hone=settings)
-    _show(service.create(project, request), as_json)
+    _show(service.create(project, request, actor=cli_actor()), as_json)
 
 
 def _auto(value: str, kind):
@@ -148,7 +148,7 @@ def events(job_id: str, limit: Annotated[int, typer.Option(min=1, max=100)] = 20
 def _control(action: str):
     def command(job_id: str, db: DbOption = None, project: ProjectOption = "default",
                 as_json: JsonOption = False) -> None:
-        _show(getattr(_service(db), action)(project, job_id), as_json)
+        _show(getattr(_service(db), action)(project, job_id, actor=cli_actor()), as_json)
 
     command.__doc__ = {"cancel": "Cancel a job (a running one stops within seconds, its checkpoint kept).",
                        "pause": "Pause a running or queued job after a checkpoint.",

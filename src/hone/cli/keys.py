@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from hone.cli.output import console, emit_json
+from hone.cli.output import cli_actor, console, emit_json
 from hone.cli.output import errors as stderr
 
 app = typer.Typer(help="API keys that clients of `hone serve` send as `Authorization: Bearer KEY`.",
@@ -28,7 +28,7 @@ def create(name: Annotated[str, typer.Argument(help="A name for who uses the key
            db: DbOption = None, as_json: JsonOption = False) -> None:
     """Create a key and print it once; only its hash is stored, so copy it now."""
     from hone.api.keys import KeyStore  # imported on use: keeps the CLI's start-up light
-    key = KeyStore(db).create(name, project, role)
+    key = KeyStore(db).create(name, project, role, actor=cli_actor())
     if as_json:
         emit_json({"name": name, "project": project, "role": role, "key": key})
         return
@@ -60,7 +60,7 @@ def revoke(name: Annotated[str, typer.Argument(help="Name of the active key to r
            db: DbOption = None, as_json: JsonOption = False) -> None:
     """Revoke a key: the server refuses it from the next request on."""
     from hone.api.keys import KeyStore  # imported on use: keeps the CLI's start-up light
-    KeyStore(db).revoke(name)
+    KeyStore(db).revoke(name, actor=cli_actor())
     if as_json:
         emit_json({"name": name, "revoked": True})
         return

@@ -19,6 +19,7 @@ from typing import BinaryIO
 
 from sqlalchemy import select
 
+from hone import audit
 from hone.data.formats import read_dataset
 from hone.errors import HoneError, NotFoundError, RequestError
 from hone.home import hone_home
@@ -142,7 +143,7 @@ class FileStore:
         self.engine = engine_for(db_url)
 
     def upload(self, project: str, source: BinaryIO | Iterable[bytes], filename: str | None, purpose: str,
-               max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> FileObject:
+               max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, actor: str | None = None) -> FileObject:
         """Store an upload (a readable binary stream or byte chunks) and validate it at once."""
         if purpose not in PURPOSES[:1]:
             raise RequestError(f"purpose {purpose!r} is not supported for uploads", param="purpose",
@@ -154,22 +155,26 @@ class FileStore:
             raise RequestError("the file is empty", param="file", code="invalid_file",
                                hint="upload a JSONL file with one training example per line")
         path = _keep(temporary, sha256)
-        return self._add(project, _safe_filename(filename), purpose, sha256, size, _validation(path))
+        return self._add(project, _safe_filename(filename), purpose, sha256, size, _validation(path), actor)
 
-    def add_result(self, project: str, filename: str, content: bytes) -> FileObject:
+    def add_result(self, project: str, filename: str, content: bytes, actor: str | None = None) -> FileObject:
         """Store a file hone wrote for the user (a job's results CSV) with purpose fine-tune-results."""
         temporary, sha256, size = _stream_to_disk([content], len(content) + 1)
         _keep(temporary, sha256)
         outcome = {"status": "processed", "format": "csv", "examples": 0, "errors": 0, "warnings": 0, "problems": []}
-        return self._add(project, filename, "fine-tune-results", sha256, size, outcome)
+        return self._add(project, filename, "fine-tune-results", sha256, size, outcome, actor)
 
-    def _add(self, project: str, filename: str, purpose: str, sha256: str, size: int, outcome: dict) -> FileObject:
+    def _add(self, project: str, filename: str, purpose: str, sha256: str, size: int, outcome: dict,
+             actor: str | None) -> FileObject:
         row = StoredFile(id=new_id("file-"), project=project, purpose=purpose, filename=filename, bytes=size,
                          sha256=sha256, status=outcome["status"], format=outcome["format"],
                          examples=outcome["examples"], errors=outcome["errors"], warnings=outcome["warnings"],
                          validation_json=json.dumps(outcome["problems"]), created_at=utc_now())
         with session(self.engine) as db:
             db.add(row)
+            audit.record(db, project=project, actor=actor, action="file.uploaded", object_type="file",
+                         object_id=row.id, details={"filename": filename, "purpose": purpose, "bytes": size,
+                                                    "sha256": sha256, "examples": row.examples, "errors": row.errors})
         return _to_object(row)
 
     def _row(self, db, project: str, file_id: str, param: str) -> StoredFile:
@@ -215,11 +220,13 @@ class FileStore:
             rows = db.scalars(query.order_by(*keys).limit(limit + 1)).all()
         return [_to_object(row) for row in rows[:limit]], len(rows) > limit
 
-    def delete(self, project: str, file_id: str) -> None:
+    def delete(self, project: str, file_id: str, actor: str | None = None) -> None:
         """Forget the file; its bytes go when no other upload holds the same content (jobs keep their own copy)."""
         with session(self.engine) as db:
             row = self._row(db, project, file_id, "file_id")
             row.deleted_at = utc_now()
+            audit.record(db, project=project, actor=actor, action="file.deleted", object_type="file",
+                         object_id=row.id, details={"sha256": row.sha256})
             still_used = db.scalar(select(StoredFile.id).where(StoredFile.sha256 == row.sha256,
                                                                StoredFile.deleted_at.is_(None),
                                                                StoredFile.id != row.id).limit(1))

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from hone import audit
 from hone.data.formats import HOLDS
 from hone.data.validate import MIN_EXAMPLES
 from hone.errors import NotFoundError, RequestError
@@ -123,11 +124,18 @@ def add_event(db, job_id: str, message: str, *, level: str = "info", type: str =
                     data_json=json.dumps(data) if data is not None else None, created_at=utc_now()))
 
 
-def fail(db, job: FineTuningJob, code: str, message: str, param: str | None = None) -> None:
-    """Mark the job failed with OpenAI's error object, and say so in its events."""
+def audit_job(db, job: FineTuningJob, action: str, actor: str | None, **details) -> None:
+    """The job's state change in the audit log, in the caller's transaction."""
+    audit.record(db, project=job.project, actor=actor, action=f"job.{action}", object_type="fine_tuning.job",
+                 object_id=job.id, details=details or None)
+
+
+def fail(db, job: FineTuningJob, code: str, message: str, param: str | None = None, actor: str | None = None) -> None:
+    """Mark the job failed with OpenAI's error object, and say so in its events and the audit log."""
     job.status, job.finished_at, job.requested = "failed", utc_now(), None
     job.error_json = json.dumps({"code": code, "message": message, "param": param})
     add_event(db, job.id, f"The job failed: {message}", level="error")
+    audit_job(db, job, "failed", actor, code=code)
 
 
 def _copy_data(source: Path, target: Path) -> None:
@@ -154,7 +162,7 @@ class JobService:
 
     # ---- create ----
 
-    def create(self, project: str, request: JobRequest) -> dict[str, Any]:
+    def create(self, project: str, request: JobRequest, actor: str | None = None) -> dict[str, Any]:
         """Create a job and check its files at once: it is then `queued`, or `failed` saying what is wrong."""
         base = resolve_base(request.model, self.bases)
         hone = check_hone_settings(request.hone)
@@ -176,15 +184,17 @@ class JobService:
             db.add(job)
             add_event(db, job_id, f"Validating training file: {training.id}"
                       + (f" and validation file: {validation.id}" if validation else ""))
+            audit_job(db, job, "created", actor, model=request.model, training_file=training.id,
+                      validation_file=validation.id if validation else None, method=request.method_type)
         with session(self.engine) as db:
             job = db.get(FineTuningJob, job_id)
-            self._validate(db, job, request, hone, training, validation)
+            self._validate(db, job, request, hone, training, validation, actor)
             created = job_object(job)
         self.on_queued()
         return created
 
     def _validate(self, db, job: FineTuningJob, request: JobRequest, hone: dict, training: FileObject,
-                  validation: FileObject | None) -> None:
+                  validation: FileObject | None, actor: str | None) -> None:
         """Check the files against the method; prepare the job's folder and config, or fail the job."""
         wants_pairs = request.method_type == "dpo"
         for param, stored in (("training_file", training), ("validation_file", validation)):
@@ -193,7 +203,7 @@ class JobService:
             problem = self._file_problem(job.project, stored, wants_pairs)
             if problem:
                 too_few, message = problem
-                fail(db, job, "invalid_n_examples" if too_few else f"invalid_{param}", message, param)
+                fail(db, job, "invalid_n_examples" if too_few else f"invalid_{param}", message, param, actor)
                 return
         folder = job_dir(job.id)
         evaluation = job_eval(hone)
@@ -219,6 +229,7 @@ class JobService:
         job.run_dir = str(folder / "run")
         job.status = "queued"
         add_event(db, job.id, "Files validated, moving job to queued state")
+        audit_job(db, job, "queued", actor, hyperparameters=hyper, held_out=held_out)
 
     def _file_problem(self, project: str, stored: FileObject, wants_pairs: bool) -> tuple[bool, str] | None:
         """Why a file cannot train this job, naming the first broken line, as (too few examples?, message); or
@@ -305,15 +316,15 @@ class JobService:
 
     # ---- control ----
 
-    def cancel(self, project: str, job_id: str) -> dict[str, Any]:
+    def cancel(self, project: str, job_id: str, actor: str | None = None) -> dict[str, Any]:
         """Cancel a job: at once when it is not running, else its worker stops it within seconds (checkpoint kept)."""
-        return self._control(project, job_id, "cancel")
+        return self._control(project, job_id, "cancel", actor)
 
-    def pause(self, project: str, job_id: str) -> dict[str, Any]:
+    def pause(self, project: str, job_id: str, actor: str | None = None) -> dict[str, Any]:
         """Pause a job: its worker stops it after writing a checkpoint; `resume` continues exactly there."""
-        return self._control(project, job_id, "pause")
+        return self._control(project, job_id, "pause", actor)
 
-    def resume(self, project: str, job_id: str) -> dict[str, Any]:
+    def resume(self, project: str, job_id: str, actor: str | None = None) -> dict[str, Any]:
         """Queue a paused job again; a worker continues it from its last checkpoint."""
         with session(self.engine) as db:
             job = self._job(db, project, job_id)
@@ -322,11 +333,12 @@ class JobService:
                                    param="fine_tuning_job_id", code="invalid_state")
             job.status, job.requested = "queued", None
             add_event(db, job.id, "Job resumed; queued to continue from its last checkpoint")
+            audit_job(db, job, "resumed", actor)
             resumed = job_object(job)
         self.on_queued()
         return resumed
 
-    def _control(self, project: str, job_id: str, action: str) -> dict[str, Any]:
+    def _control(self, project: str, job_id: str, action: str, actor: str | None) -> dict[str, Any]:
         with session(self.engine) as db:
             job = self._job(db, project, job_id)
             allowed = ("validating_files", "queued", "running", "paused") if action == "cancel" else (
@@ -337,10 +349,12 @@ class JobService:
             if job.status == "running":
                 job.requested = action  # the worker running it stops it and sets the status
                 add_event(db, job.id, f"{action.capitalize()} requested; the job stops after its current step")
+                audit_job(db, job, f"{action}_requested", actor)
             else:
                 job.status = "cancelled" if action == "cancel" else "paused"
                 job.finished_at = utc_now() if action == "cancel" else None
                 add_event(db, job.id, f"The job was {job.status}")
+                audit_job(db, job, job.status, actor)
             return job_object(job)
 
 

@@ -28,7 +28,7 @@ from hone.home import hone_home
 from hone.jobs.executors import Executor, LocalExecutor
 from hone.jobs.files import FileStore
 from hone.jobs.ids import new_id
-from hone.jobs.service import add_event, checkpoint_name, fail, job_dir, model_name
+from hone.jobs.service import add_event, audit_job, checkpoint_name, fail, job_dir, model_name
 from hone.registry.versions import Registry
 from hone.store import engine_for, session
 from hone.store.tables import FineTuningJob, JobCheckpoint, JobEvent, StoredFile, utc_now
@@ -147,6 +147,11 @@ class Worker:
             done += 1
         return done
 
+    @property
+    def actor(self) -> str:
+        """Who the audit log names for this worker's changes."""
+        return f"worker {self.name}"
+
     def stop(self) -> None:
         """Finish: a running job is stopped at its next step with a checkpoint and queued again for later."""
         self.stopping.set()
@@ -180,6 +185,8 @@ class Worker:
                     message = ("Fine-tuning job started" if job.attempts == 1 else
                                "Fine-tuning job continues from its last checkpoint")
                     add_event(db, job_id, message, data={"worker": self.name.split(":")[0]})
+                    audit_job(db, job, "started" if job.attempts == 1 else "taken_over", self.actor,
+                              attempt=job.attempts)
                     return job_id
         return None
 
@@ -234,6 +241,7 @@ class Worker:
             if job.status == "running" and job.worker_id == self.name:
                 job.status, job.worker_id, job.lease_expires_at = "queued", None, None
                 add_event(db, job_id, message, level="warn")
+                audit_job(db, job, "requeued", self.actor, reason=message)
 
     def _posted_steps(self, job_id: str) -> set[int]:
         with session(self.engine) as db:
@@ -283,19 +291,22 @@ class Worker:
             if requested == "cancel":
                 job.status, job.finished_at = "cancelled", utc_now()
                 add_event(db, job_id, "The job was cancelled; its last checkpoint is kept")
+                audit_job(db, job, "cancelled", self.actor)
             elif requested == "pause":
                 job.status = "paused"
                 add_event(db, job_id, "The job was paused after writing a checkpoint; resume continues there")
+                audit_job(db, job, "paused", self.actor)
             elif requested == "requeue":
                 job.status = "queued"
                 add_event(db, job_id, "The worker shut down; the job is queued to continue from its checkpoint")
+                audit_job(db, job, "requeued", self.actor)
             elif outcome and outcome.get("ok") and not outcome.get("interrupted"):
                 self._succeed(db, job, folder, outcome.get("evaluation"))
             else:
                 message = (outcome or {}).get("error") or _crash_message(code)
                 hint = (outcome or {}).get("hint")
                 fail(db, job, "training_failed", without_server_paths(message + (f" ({hint})" if hint else ""),
-                                                                      folder))
+                                                                      folder), actor=self.actor)
 
     def _succeed(self, db, job: FineTuningJob, folder: Path, evaluation: dict | None) -> None:
         """Register the model version with its evaluation, attach the results CSV, and mark the job succeeded, all
@@ -304,7 +315,7 @@ class Worker:
         summary = json.loads((run_dir / "summary.json").read_text())
         config = _yaml(run_dir / "config.yaml")
         results = FileStore(self.db_url).add_result(job.project, f"{job.id}-results.csv",
-                                                   results_csv(run_dir / "metrics.jsonl"))
+                                                   results_csv(run_dir / "metrics.jsonl"), actor=self.actor)
         weights_dir = Path(summary["adapter_dir"] or summary["model_dir"])
         name = model_name(job)
         training = db.get(StoredFile, job.training_file)
@@ -315,12 +326,14 @@ class Worker:
             config=config, metrics={k: summary.get(k) for k in ("steps", "final_train_loss", "best_eval_loss",
                                                                  "tokens", "tokens_per_s", "train_seconds", "replay")},
             run_dir=run_dir, weights_dir=weights_dir, eval_report=evaluation,
-            verdict=(evaluation or {}).get("verdict"))
+            verdict=(evaluation or {}).get("verdict"), actor=self.actor)
         job.status, job.finished_at, job.fine_tuned_model = "succeeded", utc_now(), name
         job.evaluation_json = json.dumps(evaluation) if evaluation else None
         job.trained_tokens = summary.get("tokens")
         job.result_files_json = json.dumps([results.id])
         job.estimated_finish = None
+        audit_job(db, job, "succeeded", self.actor, fine_tuned_model=name, trained_tokens=job.trained_tokens,
+                  verdict=(evaluation or {}).get("verdict"))
         add_event(db, job.id, f"New fine-tuned model created: {name}", data={"fine_tuned_model": name})
         add_event(db, job.id, "The job has successfully completed" + evaluation_sentence(evaluation),
                   level="warn" if evaluation and evaluation.get("verdict") not in (None, "SHIP") else "info",
@@ -330,7 +343,8 @@ class Worker:
         with session(self.engine) as db:
             job = db.get(FineTuningJob, job_id)
             if job is not None and job.status == "running" and job.worker_id == self.name:
-                fail(db, job, "server_error", "the worker hit an internal error; the server log has the details")
+                fail(db, job, "server_error", "the worker hit an internal error; the server log has the details",
+                     actor=self.actor)
 
 
 def without_server_paths(message: str, folder: Path) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from hone import audit
 from hone.errors import NotFoundError
 from hone.store import engine_for, session
 from hone.store.tables import FineTuningJob, JobCheckpoint, ModelVersion, StoredFile, iso_utc, utc_now
@@ -49,14 +50,19 @@ class Registry:
     def register(self, db, *, project: str, name: str, base_model: str, base_fingerprint: str, job_id: str | None,
                  training_file_sha256: str | None, dataset_id: str | None, config: dict, metrics: dict,
                  run_dir: Path, weights_dir: Path, eval_report: dict | None = None,
-                 verdict: str | None = None) -> None:
-        """Add a version inside the caller's transaction (the job's success and its version land together)."""
+                 verdict: str | None = None, actor: str | None = None) -> None:
+        """Add a version inside the caller's transaction (the job's success, its version and their audit entries
+        land together)."""
         db.add(ModelVersion(project=project, name=name, base_model=base_model, base_fingerprint=base_fingerprint,
                             job_id=job_id, training_file_sha256=training_file_sha256, dataset_id=dataset_id,
                             config_json=json.dumps(config), metrics_json=json.dumps(metrics),
                             eval_json=json.dumps(eval_report) if eval_report is not None else None,
                             verdict=verdict, run_dir=str(run_dir), weights_dir=str(weights_dir),
                             created_at=utc_now()))
+        audit.record(db, project=project, actor=actor, action="model.registered", object_type="model_version",
+                     object_id=name, details={"job_id": job_id, "base_fingerprint": base_fingerprint,
+                                              "training_file_sha256": training_file_sha256,
+                                              "dataset_id": dataset_id, "verdict": verdict})
 
     def list(self, project: str | None = None) -> list[dict[str, Any]]:
         """Every version, newest first."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from hone import audit
 from hone.data.render import render_prompt
 from hone.errors import HoneError, NotFoundError, RequestError
 from hone.models import fingerprint, frozen_dtype, load_model, load_tokenizer, local_model_dir
@@ -35,6 +36,7 @@ from hone.serve.config import MODEL_NAME, ServeConfig
 from hone.serve.engine import Engine, Event, SamplingParams, Sequence
 from hone.serve.errors import GenerationFailed, GenerationTimeout
 from hone.serve.limits import ConcurrencyLimit
+from hone.store import engine_for, session
 from hone.store.tables import DEFAULT_PROJECT
 
 log = logging.getLogger("hone.serve")
@@ -158,8 +160,8 @@ class ModelServer:
         self.registry.add(AdapterSource(name, version.weights_dir, None, version.base_model))
         return name
 
-    async def load_adapter(self, lora_name: str, lora_path: str) -> None:
-        """Register the adapter at `lora_path` as model `lora_name` and load it into memory now."""
+    async def load_adapter(self, lora_name: str, lora_path: str, actor: str | None = None) -> None:
+        """Register the adapter at `lora_path` as model `lora_name` and load it into memory now (audited)."""
         if lora_name == self.base_id or self.registry.get(lora_name) is not None:
             raise RequestError(f"The lora adapter '{lora_name}' has already been loaded.", param="lora_name")
         if not MODEL_NAME.match(lora_name):
@@ -184,13 +186,22 @@ class ModelServer:
             log.warning("could not load adapter %r from %s: %s", lora_name, source.adapter_dir, error)
             raise RequestError(f"the adapter at lora_path could not be loaded on this server's base "
                                f"'{self.base_id}'; the server's log says why", param="lora_path") from None
+        await asyncio.to_thread(self._audit, actor, "adapter.loaded", lora_name,
+                                {"adapter_dir": str(source.adapter_dir)})
 
-    async def unload_adapter(self, lora_name: str) -> None:
-        """Stop serving adapter `lora_name`; requests already running with it finish first."""
+    async def unload_adapter(self, lora_name: str, actor: str | None = None) -> None:
+        """Stop serving adapter `lora_name`; requests already running with it finish first (audited)."""
         if self.registry.remove(lora_name) is None:
             raise NotFoundError(f"The lora adapter '{lora_name}' cannot be found.", param="lora_name",
                                 code="model_not_found")
         await asyncio.wrap_future(self.engine.unload_adapter(lora_name))
+        await asyncio.to_thread(self._audit, actor, "adapter.unloaded", lora_name, None)
+
+    def _audit(self, actor: str | None, action: str, name: str, details: dict | None) -> None:
+        """A change to what this server serves, in the audit log (adapters belong to the server's operator)."""
+        with session(engine_for(self.config.database)) as db:
+            audit.record(db, project=DEFAULT_PROJECT, actor=actor, action=action, object_type="adapter",
+                         object_id=name, details={"server_base": self.base_id, **(details or {})})
 
     # ---- requests ----
 

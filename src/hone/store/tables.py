@@ -178,3 +178,33 @@ class ModelVersion(Base):
     run_dir: Mapped[str] = mapped_column(Text)
     weights_dir: Mapped[str] = mapped_column(Text)  # RUN_DIR/adapter, or RUN_DIR/model for method full
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, index=True)
+
+
+class AuditLogEntry(Base):
+    """One entry of the audit log: `hash` covers its fields and `prev_hash`, the previous entry's hash."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # assigned by hone.audit
+    project: Mapped[str] = mapped_column(String(64), index=True)
+    actor: Mapped[str | None] = mapped_column(String(128), default=None)
+    action: Mapped[str] = mapped_column(String(64))
+    object_type: Mapped[str] = mapped_column(String(32))
+    object_id: Mapped[str] = mapped_column(String(512))
+    details_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class AuditCheckpoint(Base):
+    """A signature over the audit log's entry count and head hash, by a key kept outside the database."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    entries: Mapped[int] = mapped_column(Integer)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))  # hex of the Ed25519 signature
+    public_key: Mapped[str] = mapped_column(String(64))  # hex of the raw Ed25519 public key
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
