@@ -274,3 +274,39 @@ def test_a_job_the_executor_cannot_start_goes_back_to_the_queue(service, tmp_pat
     assert latest["level"] == "warn" and "cannot reach the Ray cluster" in latest["message"]
     run_worker()
     assert service.get("default", job["id"])["status"] == "succeeded"
+
+
+def test_the_registry_command_line_shows_the_lineage_and_refuses_unknown_names(service, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from hone.cli import app
+
+    stored = upload(service, tmp_path, chat_lines(12))
+    job = service.create("default", request(stored.id, epochs=1, suffix="cli"))
+    run_worker()
+    name = service.get("default", job["id"])["fine_tuned_model"]
+    runner = CliRunner()
+    listed = json.loads(runner.invoke(app, ["registry", "list", "--json"]).stdout)
+    assert [v["name"] for v in listed["models"]] == [name]
+    shown = json.loads(runner.invoke(app, ["registry", "show", name, "--json"]).stdout)
+    assert shown["lineage"][0]["sha256"] == stored.sha256 and shown["lineage"][1]["id"] == job["id"]
+    assert name in runner.invoke(app, ["registry", "show", name]).stdout
+    unknown = runner.invoke(app, ["registry", "show", "ft:tiny:default::nothing"])
+    assert unknown.exit_code != 0 and "does not exist" in str(unknown.exception)
+
+
+def test_partial_uploads_a_crash_left_are_removed_and_fresh_ones_kept(tmp_path):
+    import os
+    import time
+
+    from hone.jobs.files import objects_dir, remove_stale_uploads
+
+    old, fresh = objects_dir() / ".upload-old", objects_dir() / ".upload-fresh"
+    old.write_bytes(b"half a file")
+    fresh.write_bytes(b"being written")
+    day_ago = time.time() - 2 * 24 * 3600
+    os.utime(old, (day_ago, day_ago))
+    assert remove_stale_uploads() == 1
+    assert not old.exists() and fresh.exists()

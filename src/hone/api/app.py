@@ -100,11 +100,14 @@ def create_app(config: ServeConfig, api_keys: Sequence[str] = (), worker: bool |
 
 def _add_jobs(app: FastAPI, config: ServeConfig, worker: bool | None) -> None:
     """The files and jobs services, and the in-process worker that trains queued jobs while the app runs."""
-    from hone.jobs.files import FileStore
+    from hone.jobs.files import FileStore, remove_stale_uploads
     from hone.jobs.service import JobService
     from hone.jobs.worker import Worker, WorkerSettings, start_in_thread
 
     jobs = config.jobs
+    removed = remove_stale_uploads()
+    if removed:
+        log.warning("removed %d partial upload(s) that an earlier server left behind", removed)
     app.state.files = FileStore(config.database)
     app.state.max_upload_bytes = config.limits.max_upload_bytes
     if not (jobs.worker if worker is None else worker):

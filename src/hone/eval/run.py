@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
-import yaml
-
 from hone.data.render import render_chat, render_prompt
 from hone.errors import HoneError
 from hone.eval.config import CandidateConfig, EvalConfig, validate_eval_config
@@ -35,6 +33,7 @@ from hone.models.finetuned import (
     full_model_dir,
     is_run_dir,
     read_run_dir,
+    run_base_model,
 )
 from hone.models.scoring import example_perplexities
 
@@ -63,10 +62,7 @@ def read_run_weights(run_dir: Path) -> RunWeights:
     if whole is None:
         run = read_run_dir(run_dir)
         return RunWeights(run_dir=run.run_dir, base=run.base, adapter_dir=run.adapter_dir)
-    config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
-    if not isinstance(config, dict) or not isinstance(config.get("base_model"), str):
-        raise HoneError(f"{Path(run_dir) / 'config.yaml'}: no 'base_model' key, so the base model is unknown")
-    return RunWeights(run_dir=Path(run_dir).resolve(), base=config["base_model"], model_dir=whole.resolve())
+    return RunWeights(run_dir=Path(run_dir).resolve(), base=run_base_model(Path(run_dir)), model_dir=whole.resolve())
 
 
 class LocalModels:

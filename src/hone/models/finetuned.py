@@ -54,10 +54,11 @@ def read_run_dir(run_dir: str | Path) -> RunModel:
                         hint="pass the folder `hone train` printed when it finished")
     if (run_dir / "adapter_config.json").is_file() and not (run_dir / "config.yaml").is_file():
         run_dir = run_dir.parent  # the user pointed at RUN_DIR/adapter
-    return RunModel(run_dir=run_dir, base=_run_base_model(run_dir), adapter_dir=_adapter_dir(run_dir))
+    return RunModel(run_dir=run_dir, base=run_base_model(run_dir), adapter_dir=_adapter_dir(run_dir))
 
 
-def _run_base_model(run_dir: Path) -> str:
+def run_base_model(run_dir: Path) -> str:
+    """The base model a run directory's config.yaml names; a clear error when it names none."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise HoneError(f"{run_dir} is not a run directory: it has no config.yaml",
