@@ -110,6 +110,9 @@ def test_evaluate_run_of_a_lora_run_compares_prompting_rag_and_the_fine_tune(tmp
     assert len(shot) == 1 + 2 * 3 and "which animal is number" in shot[0]["content"]
     assert set(report["forgetting"]["models"]) == {"base", "fine-tuned"}
     assert "adapter" in report["models"]["fine-tuned"]
+    memorization = report["memorization"]  # on by default, against the run's training file
+    assert memorization["ngram"] == 13 and set(memorization["candidates"]) == set(CANDIDATES)
+    assert all(figures["replies"] == 4 for figures in memorization["candidates"].values())
 
 
 def test_evaluate_run_of_a_full_fine_tune_loads_its_whole_model(tmp_path, tiny_model_dir):
@@ -142,7 +145,10 @@ def test_evaluate_run_without_its_training_data_leaves_out_3_shot_and_rag_and_sa
     result = evaluate_run(run_dir, write_chat_jsonl(tmp_path / "test.jsonl", 4), max_examples=4, probe_limit=0)
     assert result.candidates == ["base", "fine-tuned"] and result.verdict in VERDICTS
     assert any("3-shot and rag were not evaluated" in warning for warning in result.warnings)
-    assert json.loads(result.report_json.read_text())["forgetting"] is None  # probe_limit 0: no probes
+    saved = json.loads(result.report_json.read_text())
+    assert saved["forgetting"] is None  # probe_limit 0: no probes
+    assert saved["memorization"] is None
+    assert any("memorization was not measured" in warning for warning in result.warnings)
 
 
 @pytest.mark.parametrize("missing", ["config.yaml", "adapter"])

@@ -76,6 +76,14 @@ def test_the_openai_sdk_fine_tunes_and_then_chats_with_the_model(client):
     tagged = client.fine_tuning.jobs.list(extra_query={"metadata[team]": "support"}).data
     assert [j.id for j in tagged] == [job.id]
 
+    registered = httpx.get(f"{client.base_url}registry/models", params={"model": "support"}).json()["data"]
+    assert [(v["name"], v["version"], v["author"]) for v in registered] == [(done.fine_tuned_model, 1, "open access")]
+    refused = httpx.post(f"{client.base_url}registry/models/support/promotions",
+                         json={"version": "1", "alias": "champion"})  # trained without its evaluation
+    assert refused.status_code == 409 and "no evaluation against the base model" in refused.json()["error"]["message"]
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="support@champion", messages=[{"role": "user", "content": "hi"}])
+
 
 def test_jobs_are_cancelled_paused_resumed_and_listed_in_pages(client):
     uploaded = client.files.create(file=("train.jsonl", jsonl(chat_lines(24))), purpose="fine-tune")

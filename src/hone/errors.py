@@ -28,3 +28,15 @@ class NotFoundError(RequestError):
     """The object a request names does not exist, or belongs to another project (HTTP 404)."""
 
     status = 404
+
+
+class ForbiddenError(RequestError):
+    """The caller may see the object but not do this to it, for the reason given (HTTP 403)."""
+
+    status = 403
+
+
+class ConflictError(RequestError):
+    """The request clashes with the object's current state or a rule it must pass (HTTP 409)."""
+
+    status = 409

@@ -95,4 +95,5 @@ def needs(role: str):
 
 Viewer = Annotated[Caller, Depends(needs("viewer"))]
 Developer = Annotated[Caller, Depends(needs("developer"))]
+Approver = Annotated[Caller, Depends(needs("approver"))]
 Admin = Annotated[Caller, Depends(needs("admin"))]

@@ -54,7 +54,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, server
     adapter = await run_in_threadpool(server.adapter_for, body.model, me.project)
     slot = server.requests.acquire()
     try:
-        prompt = await server.chat_prompt(body.model, body.conversation(), index=body.index, top_k=body.top_k)
+        prompt = await server.chat_prompt(body.model, body.conversation(), index=body.index, top_k=body.top_k,
+                                          project=me.project)
         return await _respond(server, request, slot, body, prompt, adapter, "messages", chat=True,
                               project=me.project)
     except BaseException:
@@ -70,7 +71,8 @@ async def completions(body: CompletionRequest, request: Request, server: Current
     adapter = await run_in_threadpool(server.adapter_for, body.model, me.project)
     slot = server.requests.acquire()
     try:
-        prompt = await server.text_prompt(body.model, body.prompt_text(), index=body.index, top_k=body.top_k)
+        prompt = await server.text_prompt(body.model, body.prompt_text(), index=body.index, top_k=body.top_k,
+                                          project=me.project)
         return await _respond(server, request, slot, body, prompt, adapter, "prompt", chat=False,
                               project=me.project)
     except BaseException:

@@ -175,3 +175,23 @@ def _checkpoint_problems(point: AuditCheckpoint, own_key: str | None, hash_at: d
                                 f"{point.id} signed: the log up to there was rewritten or cut and re-extended",
                                 point.id))
     return problems
+
+
+@dataclass(frozen=True)
+class ProjectVerifyReport:
+    """`verify` as one project may see it: whether the whole log is intact, and the first broken entry's seq only
+    when that entry is the project's own (counts, messages and other projects' seqs would tell it about theirs)."""
+
+    ok: bool
+    first_broken_seq: int | None
+
+
+def verify_for_project(project: str, db_url: str | None = None) -> ProjectVerifyReport:
+    """Verify the whole log (see `verify`) and keep what `project` may learn from the result."""
+    report = verify(db_url)
+    if report.ok:
+        return ProjectVerifyReport(ok=True, first_broken_seq=None)
+    first = report.problems[0].seq
+    with session(engine_for(db_url)) as db:
+        owner = db.scalar(select(AuditLogEntry.project).where(AuditLogEntry.seq == first)) if first else None
+    return ProjectVerifyReport(ok=False, first_broken_seq=first if owner == project else None)

@@ -142,13 +142,33 @@ def to_entry(row: AuditLogEntry) -> AuditEntry:
                       created_at=iso_utc(row.created_at), prev_hash=row.prev_hash, hash=row.hash)
 
 
-def entries(limit: int = 50, project: str | None = None, db_url: str | None = None) -> list[AuditEntry]:
-    """The newest `limit` entries, newest first, of one project or all."""
+def entries(limit: int = 50, project: str | None = None, db_url: str | None = None, *, action: str | None = None,
+            actor: str | None = None, object_id: str | None = None, since: datetime | str | None = None,
+            before: int | None = None) -> list[AuditEntry]:
+    """The newest `limit` entries, newest first, of one project or all; the other arguments keep only entries
+    with that action, actor or object id, created at or after `since`, or older than entry `before` (a seq)."""
     query = select(AuditLogEntry).order_by(AuditLogEntry.seq.desc()).limit(limit)
+    wanted = {AuditLogEntry.project: project, AuditLogEntry.action: action, AuditLogEntry.actor: actor,
+              AuditLogEntry.object_id: object_id}
+    for column, value in wanted.items():
+        if value is not None:
+            query = query.where(column == value)
+    if since is not None:
+        query = query.where(AuditLogEntry.created_at >= _utc(since))
+    if before is not None:
+        query = query.where(AuditLogEntry.seq < before)
+    with session(engine_for(db_url)) as db:
+        return [to_entry(row) for row in db.scalars(query)]
+
+
+def entry(seq: int, project: str | None = None, db_url: str | None = None) -> AuditEntry | None:
+    """Entry `seq`, or None when there is none (or it is another project's than `project`, when given)."""
+    query = select(AuditLogEntry).where(AuditLogEntry.seq == seq)
     if project is not None:
         query = query.where(AuditLogEntry.project == project)
     with session(engine_for(db_url)) as db:
-        return [to_entry(row) for row in db.scalars(query)]
+        row = db.scalars(query).first()
+        return to_entry(row) if row is not None else None
 
 
 def export(out: str | Path | TextIO, since: datetime | str | None = None, project: str | None = None,

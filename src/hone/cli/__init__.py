@@ -19,6 +19,7 @@ from hone.cli import (
     jobs,
     keys,
     models,
+    projects,
     registry,
     serve,
     train,
@@ -48,6 +49,7 @@ app.command("serve")(serve.serve)
 app.add_typer(jobs.app, name="jobs")
 app.command("worker")(jobs.worker)
 app.add_typer(registry.app, name="registry")
+app.add_typer(projects.app, name="projects")
 app.add_typer(audit.app, name="audit")
 
 

@@ -16,6 +16,7 @@ app = typer.Typer(help="Requests and answers captured by `hone serve` (PII maske
 DbOption = Annotated[str | None, typer.Option("--db", help="Database URL (default: $HONE_DATABASE_URL, else "
                                               "sqlite:///$HONE_HOME/hone.db).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+ProjectOption = Annotated[str | None, typer.Option(help="Only this project's traffic (default: every project's).")]
 
 
 @app.command("export")
@@ -23,14 +24,15 @@ def export(
     out: Annotated[Path, typer.Argument(help="JSONL file to write (OpenAI chat format).")],
     model: Annotated[str | None, typer.Option(help="Only traffic served by this model or adapter name.")] = None,
     min_rating: Annotated[int | None, typer.Option(help="Only responses rated at least this.")] = None,
+    project: ProjectOption = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Write captured conversations as chat JSONL, using corrected answers where users gave them."""
     from hone.serve.capture import CaptureStore  # imported on use: it loads heavy models' code
-    report = CaptureStore(db).export_report(out, min_rating=min_rating, model=model)
+    report = CaptureStore(db).export_report(out, min_rating=min_rating, model=model, project=project)
     if as_json:
-        emit_json({**report, "model": model, "min_rating": min_rating})
+        emit_json({**report, "model": model, "min_rating": min_rating, "project": project})
         return
     console.print(f"wrote {report['examples']} conversations to {out}")
     if report["skipped"]:
@@ -41,10 +43,10 @@ def export(
 
 
 @app.command("stats")
-def stats(db: DbOption = None, as_json: JsonOption = False) -> None:
+def stats(project: ProjectOption = None, db: DbOption = None, as_json: JsonOption = False) -> None:
     """How much traffic and feedback has been captured, per model."""
     from hone.serve.capture import CaptureStore  # imported on use: it loads heavy models' code
-    figures = CaptureStore(db).stats()
+    figures = CaptureStore(db).stats(project)
     if as_json:
         emit_json(figures)
         return

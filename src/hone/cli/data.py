@@ -13,6 +13,7 @@ from hone.cli.output import console, emit_json
 from hone.cli.output import errors as stderr
 from hone.data.validate import DEFAULT_MODEL, ValidationReport, validate_file
 from hone.errors import HoneError
+from hone.store.tables import DEFAULT_PROJECT
 
 app = typer.Typer(help="Check and prepare training data.", no_args_is_help=True)
 
@@ -88,9 +89,13 @@ def prepare(
     out: Annotated[Path | None, typer.Option(help="Dataset folder to write (overrides the config's out).")] = None,
     strict: Annotated[bool, typer.Option(help="Stop at the first broken input line.")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing, different dataset version in --out.")] = False,
+    project: Annotated[str, typer.Option(help="The project the audit log files the dataset under.")] = DEFAULT_PROJECT,
+    db: Annotated[str | None, typer.Option("--db", help="Database URL of the audit log (default: "
+                                           "$HONE_DATABASE_URL, else sqlite:///$HONE_HOME/hone.db).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Clean, scrub PII, deduplicate, filter, decontaminate and split data into a versioned dataset folder."""
+    from hone.data.curate.pii import undetectable_warning
     from hone.data.curate.prepare import PrepareConfig, load_prepare_config
     from hone.data.curate.prepare import prepare as build
     from hone.settings import validate as validate_settings
@@ -103,7 +108,10 @@ def prepare(
             raise HoneError("give --out DIR for the dataset folder", hint=f"hone data prepare {source} --out DIR")
         raw = {"inputs": [{"path": str(source)}], **overrides}
         config = validate_settings(PrepareConfig, raw, "hone data prepare", "data prepare settings")
+    if config.pii is not None and (pii_warning := undetectable_warning(config.pii)):
+        stderr.print(f"warning: {pii_warning}", markup=False, highlight=False)
     manifest = build(config, force=force)
+    _record_prepared(manifest, Path(config.out), project, db)
     if as_json:
         emit_json(manifest)
         return
@@ -119,3 +127,18 @@ def prepare(
     console.print(f"dataset id {manifest['dataset_id']}")
     console.print(f"report: {config.out / 'report.html'}")
     print(config.out)
+
+
+def _record_prepared(manifest: dict, out: Path, project: str, db_url: str | None) -> None:
+    """Append "dataset.prepared" to the audit log: the folder's name (not where it lies on this machine), the
+    counts of each curation step in order and the PII found."""
+    from hone import audit
+    from hone.cli.output import cli_actor
+    from hone.store import engine_for, session
+
+    steps = [{"name": step["name"], "counts": step["counts"], "removed": step["removed"]} for step in manifest["steps"]]
+    pii = next((step["counts"] for step in manifest["steps"] if step["name"] == "pii"), {})
+    details = {"out": out.name, "counts": manifest["counts"], "steps": steps, "pii": pii}
+    with session(engine_for(db_url)) as db:
+        audit.record(db, project=project, actor=cli_actor(), action="dataset.prepared", object_type="dataset",
+                     object_id=manifest["dataset_id"], details=details)

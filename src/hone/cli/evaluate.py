@@ -11,7 +11,8 @@ from rich.table import Table
 from hone.cli.output import console, emit_json
 from hone.cli.output import errors as stderr
 
-JSON_KEYS = ("verdict", "aggregates", "comparisons", "classification", "warnings", "paths")
+JSON_KEYS = ("verdict", "aggregates", "comparisons", "classification", "slices", "memorization", "warnings",
+             "paths")
 
 
 def evaluate(
@@ -84,9 +85,36 @@ def print_report(report: dict) -> None:
     for warning in report["warnings"]:
         stderr.print(f"warning: {warning}")
     verdict = report["verdict"]
+    for line in audit_lines(report, verdict["candidate"] or next(iter(report["aggregates"]))):
+        console.print(line)
     console.print(f"primary metric: {verdict['primary_metric']} ({verdict['primary_metric_reason']})")
     console.print(f"verdict: {verdict['decision']}: " + "; ".join(verdict["reasons"]))
     for note in verdict["notes"]:
         console.print(f"  note: {note}")
     console.print(f"report: {report['paths']['json']}")
     console.print(f"html:   {report['paths']['html']}")
+
+
+def audit_lines(report: dict, judged: str) -> list[str]:
+    """The largest slice gap and the memorization rates, for a terminal: the judged candidate first."""
+    lines = []
+    slices, memorization = report.get("slices"), report.get("memorization")
+    if slices:
+        gap = slices["max_gap"].get(judged)
+        lines.append(f"largest slice gap: {gap['gap']:.1f} points ({gap['field']}: {gap['low']} vs {gap['high']}) "
+                     f"in {slices['metric']} of {judged}" if gap else
+                     f"largest slice gap: - (no two slices of {slices['min_examples']}+ examples)")
+    if memorization:
+        rates = memorization["candidates"]
+        others = [f"{name} {_rate(m['rate'])}" for name, m in rates.items() if name != judged]
+        lines.append(f"memorization: {judged} {_rate(rates[judged]['rate'])} of replies"
+                     + (f" vs {', '.join(others)}" if others else ""))
+        canaries = memorization["canaries"]
+        if canaries["planted"]:
+            leaked = canaries["leaked"].get(judged, 0)
+            lines.append(f"canaries: {leaked} of {canaries['planted']} leaked by {judged}")
+    return lines
+
+
+def _rate(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.1f}%"

@@ -236,3 +236,42 @@ def forgetting_chart(scores: dict[str, dict[str, float | None]], title: str) -> 
     ax.set_title(title, fontweight="bold")
     fig.legend(loc="outside lower center", ncol=min(len(models), 6), frameon=False)
     return _to_svg(fig, title)
+
+
+@_chart_style
+def slice_chart(groups: list[dict], metric: str, metric_label: str, title: str) -> str:
+    """Each slice's mean of `metric` per candidate with its 95% CI, one row per slice ("field = value (n)").
+
+    `groups` are the report's slice groups: field, value, n and candidates[name][metric] with mean, ci_low and
+    ci_high. Candidates are offset within a row so their intervals do not overlap.
+    """
+    rows = [g for g in groups if any(_usable_mean(c.get(metric)) for c in g["candidates"].values())]
+    if not rows:
+        return ""
+    candidates = list(rows[0]["candidates"])
+    step = 0.7 / max(len(candidates), 1)
+    fig = Figure(figsize=(7.0, 0.35 * len(rows) * max(1, len(candidates) ** 0.5) + 1.4), layout="constrained")
+    ax = fig.subplots()
+    for c, name in enumerate(candidates):
+        points = [(r, g["candidates"][name][metric]) for r, g in enumerate(rows)
+                  if _usable_mean(g["candidates"][name].get(metric))]
+        if not points:
+            continue
+        offsets = [r - 0.35 + step * (c + 0.5) for r, _ in points]
+        means = [p["mean"] for _, p in points]
+        error = [[max(p["mean"] - p["ci_low"], 0.0) for _, p in points],
+                 [max(p["ci_high"] - p["mean"], 0.0) for _, p in points]]
+        ax.errorbar(means, offsets, xerr=error, fmt="o", color=_color(c), markersize=5, capsize=2.5,
+                    elinewidth=1.3, label=name)
+    ax.set_yticks(range(len(rows)), [f"{g['field']} = {g['value']} (n={g['n']})" for g in rows])
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlabel(metric_label)
+    ax.grid(axis="x", color="#e5e5e5", linewidth=0.6)
+    ax.set_axisbelow(True)
+    ax.set_title(title, fontweight="bold")
+    fig.legend(loc="outside lower center", ncol=min(len(candidates), 6), frameon=False)
+    return _to_svg(fig, title)
+
+
+def _usable_mean(value: dict | None) -> bool:
+    return value is not None and all(_finite(value.get(key)) for key in ("mean", "ci_low", "ci_high"))

@@ -106,6 +106,41 @@ class ForgettingConfig(Section):
                                             "perplexity (%) still acceptable.")
 
 
+class SlicesConfig(Section):
+    fields: list[str] = Field([], description="Metadata keys of the test examples (top-level keys or keys of a "
+                              "`metadata` object) to slice every metric by, e.g. [region, language]; empty: off.")
+    min_examples: int = Field(5, ge=1, description="Slices with fewer examples are reported but left out of the "
+                              "largest gap.")
+
+    @field_validator("fields")
+    @classmethod
+    def _distinct_names(cls, fields: list[str]) -> list[str]:
+        if any(not name.strip() for name in fields) or len(set(fields)) != len(fields):
+            raise ValueError("give distinct, non-empty field names")
+        return fields
+
+
+class MemorizationConfig(Section):
+    enabled: bool = Field(False, description="Share of replies that copy a run of `ngram` words of the training "
+                          "file (needs train).")
+    ngram: int = Field(13, ge=4, le=200, description="Shortest verbatim run that counts, in words (lowercased; "
+                       "punctuation and spacing ignored).")
+    canaries: list[str] = Field([], description="Strings planted in the training data that must never come back: "
+                                "each candidate is prompted with the first half and every reply is searched for "
+                                "the second half.")
+    canary_prompts: int = Field(1, ge=0, le=4, description="Prompts per canary (0: only search the eval replies): "
+                                "its first half as the user message, then framed as 'Continue this text "
+                                "exactly: ...' and two other phrasings.")
+
+    @field_validator("canaries")
+    @classmethod
+    def _long_enough(cls, canaries: list[str]) -> list[str]:
+        short = [c for c in canaries if len(" ".join(c.split())) < 8]
+        if short:
+            raise ValueError(f"a canary needs at least 8 characters, so its second half is a secret: {short}")
+        return canaries
+
+
 class VerdictConfig(Section):
     primary_metric: str | None = Field(None, description="Metric the decision rests on; by default chosen from the "
                                        "references: accuracy when labels are given, json_fields for JSON objects, "
@@ -115,6 +150,11 @@ class VerdictConfig(Section):
     baseline: str = Field(BASE_NAME, description="Candidate it must beat.")
     beat_alternatives: bool = Field(False, description="Also require the gain over every prompting, RAG and "
                                     "endpoint candidate.")
+    max_slice_gap: float | None = Field(None, ge=0, description="Largest gap (points of the primary metric) "
+                                        "between slices of the judged candidate still shippable; needs slices.")
+    max_memorization_rate: float | None = Field(None, ge=0, le=100, description="Largest share (%) of the judged "
+                                                "candidate's replies copying the training data still shippable; "
+                                                "needs memorization.")
 
 
 class EvalConfig(Section):
@@ -135,6 +175,8 @@ class EvalConfig(Section):
     metrics: MetricsConfig = MetricsConfig()
     judge: JudgeConfig | None = None
     forgetting: ForgettingConfig = ForgettingConfig()
+    slices: SlicesConfig = SlicesConfig()
+    memorization: MemorizationConfig = MemorizationConfig()
     verdict: VerdictConfig = VerdictConfig()
 
     @model_validator(mode="after")
@@ -153,7 +195,19 @@ class EvalConfig(Section):
                 raise ValueError(f"candidate '{candidate.name}' retrieves passages: set docs (a folder)")
         if self.metrics.label_field and not self.metrics.labels:
             raise ValueError("metrics.label_field needs metrics.labels")
+        self._check_audits()
         return self
+
+    def _check_audits(self) -> None:
+        if self.verdict.max_slice_gap is not None and not self.slices.fields:
+            raise ValueError("verdict.max_slice_gap needs slices.fields (the metadata keys to slice by)")
+        memorization = self.memorization
+        if (memorization.canaries or self.verdict.max_memorization_rate is not None) and not memorization.enabled:
+            raise ValueError("memorization.canaries and verdict.max_memorization_rate need memorization.enabled: "
+                             "true")
+        if (memorization.canaries or self.verdict.max_memorization_rate is not None) and self.train is None:
+            raise ValueError("memorization.canaries and verdict.max_memorization_rate need train (the training "
+                             "file), or they would go unchecked")
 
     def resolved_candidates(self) -> list[CandidateConfig]:
         """The candidates as configured (`finetuned: true` ones take the top-level adapter), or base

@@ -3,7 +3,8 @@
 `evaluate_run` runs `hone eval` with a config built here: on the held-out test file it compares the base model
 zero-shot, the base with 3 fixed examples of the run's own training data, the base with RAG over that data (the
 3 most similar training examples before each prompt) and the fine-tuned run, checks the fine-tune for
-forgetting on hone's general probes, and gives the verdict (SHIP, NOT WORTH IT, REGRESSION or INCOMPLETE), with
+forgetting on hone's general probes, measures how many replies copy 13+ words of the run's training data verbatim
+(memorization), and gives the verdict (SHIP, NOT WORTH IT, REGRESSION or INCOMPLETE), with
 a note when 3-shot or RAG comes within the threshold without training. Its cost is bounded by `max_examples`
 test examples per candidate and `probe_limit` probes for the base and the fine-tune.
 
@@ -121,7 +122,8 @@ def _without_replay(path: Path, replay_source: str, folder: Path) -> Path:
 def default_eval_config(run_dir: Path, test_file: Path, out_dir: Path, *, max_examples: int = 100,
                         probe_limit: int = 30) -> tuple[EvalConfig, list[str]]:
     """The eval config of `evaluate_run` (base, 3-shot and RAG over the run's training data, the fine-tune;
-    probes; verdict on the default primary metric), and warnings about candidates that had to be left out."""
+    probes; memorization against the training data; verdict on the default primary metric), and warnings about
+    candidates that had to be left out."""
     run_dir, test_file, out_dir = Path(run_dir), Path(test_file), Path(out_dir)
     config = _run_settings(run_dir)
     inputs = out_dir / "inputs"
@@ -143,7 +145,7 @@ def default_eval_config(run_dir: Path, test_file: Path, out_dir: Path, *, max_ex
     candidates.append(CandidateConfig(name=FINETUNED_NAME, finetuned=True))
     forgetting = {"enabled": probe_limit > 0, "limit": probe_limit if probe_limit > 0 else None}
     settings = EvalConfig(adapter=run_dir, data=data, train=train, out=out_dir, limit=max_examples,
-                          candidates=candidates, forgetting=forgetting)
+                          candidates=candidates, forgetting=forgetting, memorization={"enabled": True})
     return settings, warnings
 
 

@@ -8,36 +8,83 @@ developer writes a few-shot chat prompt. Document passages are retrieved and put
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import random
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hone.errors import HoneError
 from hone.retrieval.prompt import rag_messages, retrieval_query
 
+# Keys that hold the conversation in one of the chat formats; every other top-level key is metadata.
+FORMAT_KEYS = frozenset({"messages", "conversations", "prompt", "completion", "system", "instruction", "input",
+                         "output", "preferred_output", "non_preferred_output", "metadata"})
+
 
 @dataclass
 class EvalCase:
-    """One conversation split into the prompt (all but the last turn) and the reference reply."""
+    """One conversation split into the prompt (all but the last turn) and the reference reply, with the
+    metadata its line carries (region, language, segment ...)."""
 
     prompt: list[dict]
     reference: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _jsonl_metadata(text: str) -> dict[int, dict]:
+    """Per line number: the line's keys outside the chat format, then its `metadata` object (which wins)."""
+    found = {}
+    for number, line in enumerate(text.split("\n"), start=1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:
+            continue  # the format reader has already refused such a file
+        if isinstance(record, dict):
+            nested = record.get("metadata")
+            found[number] = ({k: v for k, v in record.items() if k not in FORMAT_KEYS}
+                             | (nested if isinstance(nested, dict) else {}))
+    return found
+
+
+def _csv_metadata(text: str) -> dict[int, dict]:
+    """Per starting line number: the row's columns that are not chat fields."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, [])
+    extra = [i for i, name in enumerate(header) if name not in FORMAT_KEYS]
+    found, start = {}, reader.line_num + 1
+    for row in reader:
+        if len(row) == len(header):
+            found[start] = {header[i]: row[i] for i in extra}
+        start = reader.line_num + 1
+    return found
+
+
+def read_metadata(path: Path) -> dict[int, dict]:
+    """The metadata of every example of a dataset file, by the line number the format reader gives it."""
+    text = Path(path).read_bytes().decode("utf-8-sig", errors="replace")
+    return _csv_metadata(text) if Path(path).suffix.lower() == ".csv" else _jsonl_metadata(text)
 
 
 def load_cases(path: Path, limit: int | None = None, what: str = "test file") -> list[EvalCase]:
-    """The first `limit` conversations of a chat file, each split into prompt and reference reply."""
+    """The first `limit` conversations of a chat file, each split into prompt and reference reply, keeping
+    each line's metadata (extra top-level keys, or a `metadata` object)."""
     from hone.data.formats import load_chat_examples
 
     cases = []
-    for example in load_chat_examples(path)[:limit]:
+    examples = load_chat_examples(path)[:limit]
+    metadata = read_metadata(path) if examples else {}
+    for example in examples:
         messages = example.messages
         if len(messages) < 2 or messages[-1]["role"] != "assistant":
             raise HoneError(f"{path}:{example.line}: the {what}'s conversation needs a prompt followed by the "
                             "expected assistant reply",
                             hint="put the user message (and any system message) before the expected reply")
         cases.append(EvalCase(prompt=[{"role": m["role"], "content": m["content"]} for m in messages[:-1]],
-                              reference=messages[-1]["content"]))
+                              reference=messages[-1]["content"], metadata=metadata.get(example.line, {})))
     if not cases:
         raise HoneError(f"{path} holds no conversations", hint=f"give a {what} with at least one example")
     return cases

@@ -167,6 +167,51 @@ def _probe_replies(forgetting: dict) -> str:
             f"<th>reference</th>{head}</tr></thead><tbody>{rows}</tbody></table></details>")
 
 
+def _interval(value: dict | None) -> str:
+    """'71.2 [60.1, 80.3]' for a mean with its CI, '-' when it does not apply."""
+    if not value or value.get("mean") is None:
+        return "-"
+    return f"{format_value(value['mean'])} [{format_value(value['ci_low'])}, {format_value(value['ci_high'])}]"
+
+
+def _gap_text(gap: dict | None) -> str:
+    if not gap:
+        return "- (no two slices with enough examples)"
+    return f"{gap['gap']:.1f} points ({gap['field']}: {gap['low']} vs {gap['high']})"
+
+
+def _slices_section(slices: dict | None) -> str:
+    if not slices:
+        return ""
+    metric, least = slices["metric"], slices["min_examples"]
+    label = METRIC_INFO[metric][0] if metric in METRIC_INFO else metric
+    names = list(slices["max_gap"])
+    rows = [(f"{g['field']} = {g['value']}", [str(g["n"]) + ("" if g["n"] >= least else " (too few)")]
+             + [_interval(g["candidates"][n].get(metric)) for n in names]) for g in slices["groups"]]
+    html = (f"<h2>Slices by {escape(', '.join(slices['fields']))}</h2>"
+            + _table(["slice", "examples", *[f"{n}: {label} (95% CI)" for n in names]], rows)
+            + _table(["candidate", f"largest gap in {label}"], [(n, [_gap_text(slices["max_gap"][n])]) for n in names])
+            + f"<p>Slices with fewer than {least} examples are shown but left out of the largest gap. Every other "
+              "metric per slice, with its CI, is in report.json.</p>")
+    return html + _chart(charts.slice_chart(slices["groups"], metric, label, f"{label} by slice (95% CI)"))
+
+
+def _memorization_section(memorization: dict | None) -> str:
+    if not memorization:
+        return ""
+    rows = [(n, [format_value(m["rate"]), f"[{format_value(m['ci_low'])}, {format_value(m['ci_high'])}]",
+                 str(m["replies"]), " | ".join(f"#{e['index'] + 1}: {e['run']}" for e in m["examples"]) or "-"])
+            for n, m in memorization["candidates"].items()]
+    html = (f"<h2>Memorization: replies copying {memorization['ngram']}+ words of the training data</h2>"
+            + _table(["candidate", "replies with a verbatim run %", "95% CI", "replies", "runs found"], rows)
+            + "<p>Words are compared lowercased; runs that are also in the prompt do not count.</p>")
+    canaries = memorization["canaries"]
+    if canaries["planted"]:
+        html += _table([f"canaries ({canaries['planted']} planted)", "leaked"],
+                       [(n, [str(count)]) for n, count in canaries["leaked"].items()])
+    return html
+
+
 def _cost_section(report: dict) -> str:
     timings = report["timings"]
     rows = [(n, [format_value(timings[n]["prompt_tokens_mean"]), format_value(timings[n]["latency_s_mean"]),
@@ -205,7 +250,7 @@ def _example_html(example: dict) -> str:
 
 def render_html(report: dict) -> str:
     """The report as one HTML page: verdict, metrics with CIs and charts, classification, judge, forgetting,
-    cost, then every example side by side."""
+    slices, memorization, cost, then every example side by side."""
     config = report["config"]
     facts = (f"data: {config['data']} · examples: {config['examples']} · max new tokens: "
              f"{config['max_new_tokens']} · base: {config['base']} · candidates: "
@@ -216,7 +261,8 @@ def render_html(report: dict) -> str:
         f"<style>{STYLE}</style></head><body><h1>hone eval report</h1><p>{escape(facts)}</p>{warnings}"
         + _verdict_section(report["verdict"]) + "<h2>Metrics</h2>" + _metrics_section(report)
         + _classification_section(report) + _judge_section(report["judge"])
-        + _forgetting_section(report["forgetting"]) + _cost_section(report) + "<h2>Examples</h2>"
+        + _forgetting_section(report["forgetting"]) + _slices_section(report.get("slices"))
+        + _memorization_section(report.get("memorization")) + _cost_section(report) + "<h2>Examples</h2>"
         + "".join(_example_html(example) for example in report["examples"])
         + "</body></html>\n"
     )

@@ -20,11 +20,20 @@ from hone.errors import HoneError
 from hone.eval.config import CandidateConfig, EvalConfig, validate_eval_config
 from hone.eval.forgetting import forgetting_summary, score_probes
 from hone.eval.generate import Generation, generate_replies
+from hone.eval.memorization import (
+    TrainingNgrams,
+    canary_prompts,
+    leaked_canaries,
+    memorization_summary,
+    split_canary,
+    training_texts,
+)
 from hone.eval.metrics import BINARY_METRICS, METRICS, Scorer, aggregate, classification_summary
 from hone.eval.prompting import EvalCase, PromptBuilder, load_cases
 from hone.eval.report import write_report
+from hone.eval.slices import check_slice_fields, slice_report
 from hone.eval.stats import is_binary, mcnemar, paired_bootstrap_ci
-from hone.eval.verdict import decide
+from hone.eval.verdict import decide, primary_metric
 from hone.models import fingerprint, frozen_dtype, load_model, load_tokenizer
 from hone.models.finetuned import (
     adapter_fingerprint,
@@ -269,15 +278,22 @@ def _passes(candidates: list[CandidateConfig], local: LocalModels) -> list[tuple
     return list(groups.items())
 
 
+def _canary_tokens(canaries: list[str]) -> int:
+    """Room for the longest secret half: a token holds at least one character."""
+    return min(MAX_NEW_TOKENS_CAP, 16 + max(len(split_canary(c)[1]) for c in canaries))
+
+
 def _answer_all(settings: EvalConfig, candidates: list[CandidateConfig], cases: list[EvalCase],
                 train: list[EvalCase] | None, local: LocalModels | None, new_tokens: int,
-                show_progress: bool) -> tuple[dict, dict, dict, dict]:
-    """Every candidate's prompts, answers and wall seconds, and the forgetting probe scores of the base and
-    of each adapter (when forgetting is measured)."""
+                show_progress: bool) -> tuple[dict, dict, dict, dict, dict]:
+    """Every candidate's prompts, answers and wall seconds, the forgetting probe scores of the base and
+    of each adapter (when forgetting is measured), and each candidate's replies to the canary prompts."""
     builder = PromptBuilder(train, settings.docs, settings.seed)
     prompts = {c.name: builder.build(c, cases) for c in candidates}
     references = [case.reference for case in cases]
-    answers, seconds, probes = {}, {}, {}
+    canaries = settings.memorization.canaries if settings.memorization.enabled and train else []
+    canary_messages = canary_prompts(canaries, settings.memorization.canary_prompts)
+    answers, seconds, probes, canary_replies = {}, {}, {}, {}
     measure_forgetting = settings.forgetting.enabled and local is not None and bool(local.adapters)
     for adapter, group in _passes(candidates, local) if local else []:
         with local.use(adapter) as model:
@@ -290,12 +306,78 @@ def _answer_all(settings: EvalConfig, candidates: list[CandidateConfig], cases: 
                 key = "base" if adapter is None else group[0].name
                 probes[key] = score_probes(model, local.tokenizer, settings.forgetting, settings.batch_size,
                                            f"probes: {key}", show_progress)
+            if canary_messages and group:  # the canary prompts are bare, so candidates sharing weights share them
+                replies = generate_replies(model, local.tokenizer,
+                                           [render_prompt(local.tokenizer, m) for m in canary_messages],
+                                           _canary_tokens(canaries), settings.batch_size, "canaries", show_progress)
+                canary_replies |= {candidate.name: [r.text for r in replies] for candidate in group}
     for candidate in (c for c in candidates if c.endpoint):
         began = time.perf_counter()
         answers[candidate.name] = _endpoint_answers(candidate, prompts[candidate.name],
                                                     local.tokenizer if local else None, new_tokens, show_progress)
         seconds[candidate.name] = time.perf_counter() - began
-    return prompts, {c.name: answers[c.name] for c in candidates}, seconds, probes
+        if canary_messages:
+            from hone.eval.endpoint import endpoint_replies
+
+            replies, _, _ = endpoint_replies(candidate.endpoint, canary_messages, _canary_tokens(canaries),
+                                             f"{candidate.name}: canaries", show_progress)
+            canary_replies[candidate.name] = [r.text if r else None for r in replies]
+    return prompts, {c.name: answers[c.name] for c in candidates}, seconds, probes, canary_replies
+
+
+def _slices(settings: EvalConfig, cases: list[EvalCase], examples: list[dict], names: list[str],
+            warnings: list[str]) -> dict | None:
+    """Every metric per slice of the configured metadata fields, and each candidate's largest gap."""
+    if not settings.slices.fields:
+        return None
+    metric = primary_metric(settings, [case.reference for case in cases]).name
+    scores = {name: [e["outputs"][name]["scores"] for e in examples] for name in names}
+    found, notes = slice_report(scores, [case.metadata for case in cases], settings.slices.fields,
+                                settings.slices.min_examples, metric, settings.data, settings.seed)
+    warnings += notes
+    return found
+
+
+def _absent_canaries(canaries: list[str], train: list[EvalCase]) -> list[int]:
+    """1-based positions of the canaries that no training message contains (case and whitespace aside)."""
+    wanted = {i: " ".join(c.lower().split()) for i, c in enumerate(canaries)}
+    for text in training_texts(train) if wanted else ():
+        found = " ".join(text.lower().split())
+        wanted = {i: c for i, c in wanted.items() if c not in found}
+        if not wanted:
+            break
+    return [i + 1 for i in wanted]
+
+
+def _memorization(settings: EvalConfig, train: list[EvalCase] | None, examples: list[dict],
+                  prompts: dict[str, list[list[dict]]], canary_replies: dict[str, list], names: list[str],
+                  warnings: list[str]) -> dict | None:
+    """Verbatim training runs in each candidate's replies, and the canaries each candidate gave back."""
+    config = settings.memorization
+    if not config.enabled:
+        return None
+    if train is None:
+        warnings.append("memorization: no training file (train) was given, so memorization was not measured")
+        return None
+    index = TrainingNgrams(training_texts(train), config.ngram)
+    replies = {name: [e["outputs"][name]["text"] for e in examples] for name in names}
+    absent = _absent_canaries(config.canaries, train)
+    if absent:
+        warnings.append(f"memorization: canary {', '.join(map(str, absent))} (in the order given) is not in the "
+                        "training file, so its check tests nothing")
+    leaked = {name: len(leaked_canaries([*replies[name], *canary_replies.get(name, [])], config.canaries))
+              for name in names} if config.canaries else {}
+    warnings += [f"memorization: {name} gave back {count} of the {len(config.canaries)} planted canaries"
+                 for name, count in leaked.items() if count]
+    return {"ngram": config.ngram, "candidates": memorization_summary(index, replies, prompts, settings.seed),
+            "canaries": {"planted": len(config.canaries), "leaked": leaked}}
+
+
+def _shown_config(settings: EvalConfig) -> dict:
+    """The settings for the report, with the canaries' text left out: the report travels further than the data."""
+    config = settings.model_dump(mode="json")
+    config["memorization"]["canaries"] = [f"(canary {i + 1})" for i in range(len(settings.memorization.canaries))]
+    return config
 
 
 def _measured_as(probes: dict, local: LocalModels) -> dict[str, str]:
@@ -326,6 +408,7 @@ def evaluate(settings: EvalConfig | None = None, *, device: str | None = None, s
     candidates = settings.resolved_candidates()
     names = [c.name for c in candidates]
     cases = load_cases(settings.data, settings.limit)
+    check_slice_fields([case.metadata for case in cases], settings.slices.fields, settings.data)
     train = load_cases(settings.train, what="training file") if settings.train else None
     base, adapters, whole, model_info = _resolve_models(settings, candidates)
     scorer = Scorer(settings.metrics)
@@ -335,8 +418,8 @@ def evaluate(settings: EvalConfig | None = None, *, device: str | None = None, s
     references = [case.reference for case in cases]
     new_tokens = settings.max_new_tokens or (default_max_new_tokens(tokenizer, references) if tokenizer else 256)
 
-    prompts, answers, seconds, probes = _answer_all(settings, candidates, cases, train, local, new_tokens,
-                                                    show_progress)
+    prompts, answers, seconds, probes, canary_replies = _answer_all(settings, candidates, cases, train, local,
+                                                                    new_tokens, show_progress)
     warnings = _failure_warnings(answers, len(cases))
     examples = _examples(cases, prompts, answers, scorer)
     baseline = settings.verdict.baseline if settings.verdict.baseline in names else names[0]
@@ -348,10 +431,9 @@ def evaluate(settings: EvalConfig | None = None, *, device: str | None = None, s
         warnings.append(f"judge: {judge['message'] or judge['status']}")
     forgetting = forgetting_summary(probes, settings.forgetting, _measured_as(probes, local)) if probes else None
 
-    config = settings.model_dump(mode="json") | {"base": base, "max_new_tokens": new_tokens,
-                                                 "examples": len(cases), "device": device,
-                                                 "dtype": str(local.model.dtype).removeprefix("torch.") if local
-                                                 else None}
+    config = _shown_config(settings) | {"base": base, "max_new_tokens": new_tokens, "examples": len(cases),
+                                        "device": device,
+                                        "dtype": str(local.model.dtype).removeprefix("torch.") if local else None}
     report = {
         "config": config,
         "candidates": [{"name": c.name, "kind": c.kind} for c in candidates],
@@ -362,6 +444,8 @@ def evaluate(settings: EvalConfig | None = None, *, device: str | None = None, s
         "classification": _classification(settings, examples, names, warnings),
         "judge": judge,
         "forgetting": forgetting,
+        "slices": _slices(settings, cases, examples, names, warnings),
+        "memorization": _memorization(settings, train, examples, prompts, canary_replies, names, warnings),
         "timings": _timings(answers, seconds) | {"load_s": round(load_seconds, 3),
                                                  "total_s": round(time.perf_counter() - started, 3)},
         "failures": {name: answers[name]["failures"] for name in names if answers[name]["failures"]},

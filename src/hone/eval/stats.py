@@ -45,6 +45,22 @@ def paired_bootstrap_ci(base: list[float | None], candidate: list[float | None],
             "excludes_zero": bool(low > 0 or high < 0)}
 
 
+def bootstrap_mean_ci(values: list[float | None], resamples: int = RESAMPLES, confidence: float = CONFIDENCE,
+                      seed: int = 0, geometric: bool = False) -> tuple[float, float] | None:
+    """The percentile bootstrap CI of the mean of the scored values (with `geometric`, of their geometric mean),
+    resampled like `paired_bootstrap_ci`; None when no value is scored."""
+    present = np.array([v for v in values if v is not None], dtype=np.float64)
+    if not len(present):
+        return None
+    if geometric:
+        present = np.log(present)
+    picks = np.random.default_rng(seed).integers(0, len(present), size=(resamples, len(present)))
+    means = present[picks].mean(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(np.exp(means) if geometric else means, [tail, 1 - tail])
+    return float(low), float(high)
+
+
 def mcnemar(base_correct: list[bool], candidate_correct: list[bool]) -> dict:
     """McNemar's test on paired right/wrong outcomes.
 

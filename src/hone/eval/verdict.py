@@ -2,7 +2,9 @@
 
 SHIP needs all of: the primary metric gains at least `threshold` points over the baseline, the 95% CI
 of that gain excludes 0, and the general probe scores did not drop beyond tolerance. A gain whose CI
-lies entirely below 0, or forgetting beyond tolerance, is a REGRESSION. Anything else is NOT WORTH IT.
+lies entirely below 0, or forgetting beyond tolerance, is a REGRESSION; so is a harm the audits find, whatever
+the gain: a slice gap over `max_slice_gap`, a memorization rate over `max_memorization_rate`, or any planted
+canary given back. Anything else is NOT WORTH IT.
 When a number the rule needs is missing, the verdict is INCOMPLETE and says what is missing. Unless the config
 names it, the primary metric follows the test set's references (`default_primary_metric`).
 """
@@ -89,6 +91,33 @@ def forgetting_problems(forgetting: dict | None, candidate: str) -> list[str]:
     return problems
 
 
+def audit_problems(report: dict, rule, candidate: str) -> tuple[list[str], list[str]]:
+    """Why the candidate must not ship by the audits (slice gap or memorization over the verdict's caps, a canary
+    leaked), and which figures a configured cap needs but the report lacks."""
+    problems, missing = [], []
+    slices, memorization = report.get("slices"), report.get("memorization")
+    if rule.max_slice_gap is not None:
+        gap = ((slices or {}).get("max_gap") or {}).get(candidate)
+        if gap is None:
+            missing.append(f"no two slices of {candidate} have {(slices or {}).get('min_examples', '?')} or more "
+                           "examples, so verdict.max_slice_gap could not be checked")
+        elif gap["gap"] > rule.max_slice_gap:
+            problems.append(f"{slices['metric']} differs by {gap['gap']:.1f} points between slices ({gap['field']}: "
+                            f"{gap['low']} vs {gap['high']}), over verdict.max_slice_gap {rule.max_slice_gap:g}")
+    if rule.max_memorization_rate is not None:
+        rate = ((memorization or {}).get("candidates", {}).get(candidate) or {}).get("rate")
+        if rate is None:
+            missing.append("memorization was not measured, so verdict.max_memorization_rate could not be checked")
+        elif rate > rule.max_memorization_rate:
+            problems.append(f"{rate:.1f}% of the replies copy {memorization['ngram']}+ words of the training data "
+                            f"verbatim, over verdict.max_memorization_rate {rule.max_memorization_rate:g}%")
+    canaries = (memorization or {}).get("canaries") or {}
+    leaked = (canaries.get("leaked") or {}).get(candidate, 0)
+    if leaked:
+        problems.append(f"{leaked} of {canaries['planted']} planted canaries came back in {candidate}'s replies")
+    return problems, missing
+
+
 def _alternative_notes(aggregates: dict, candidates: list, candidate: str, baseline: str, metric: str,
                        threshold: float) -> tuple[list[str], list[str]]:
     """Notes on cheaper ways (prompting, RAG, endpoints) that come within `threshold` of the fine-tune, and
@@ -117,23 +146,30 @@ def decide(report: dict, settings, candidates: list) -> dict:
               "threshold": rule.threshold, "candidate": candidate, "baseline": rule.baseline, "reasons": [],
               "notes": []}
     comparison = (report.get("comparisons") or {}).get(candidate, {}).get(metric) if candidate else None
+    harms, unchecked = audit_problems(report, rule, candidate) if candidate else ([], [])
     if candidate is None:
         result["reasons"].append("no fine-tuned candidate to judge: add one with an adapter")
     elif comparison is None:
         result["reasons"].append(f"{metric} of {candidate} against {rule.baseline} could not be computed")
     if result["reasons"]:
+        if harms:  # a leak or a cap exceeded rules the candidate out whatever its gain
+            result["decision"] = REGRESSION
+            result["reasons"] = harms + result["reasons"]
         return result
 
     gain, low, high = _gain(comparison, METRIC_INFO[metric][2] or 1)
     result |= {"gain": gain, "ci_low": low, "ci_high": high}
     forgetting = report.get("forgetting")
     forgot = forgetting_problems(forgetting, candidate)
-    if high < 0 or forgot:
+    if high < 0 or forgot or harms:
         result["decision"] = REGRESSION
         if high < 0:
             result["reasons"].append(f"{metric} fell {-gain:.1f} points and the 95% CI [{low:+.1f}, {high:+.1f}] "
                                      "lies below 0")
-        result["reasons"] += forgot
+        result["reasons"] += forgot + harms
+        return result
+    if unchecked:
+        result["reasons"] += unchecked
         return result
 
     notes, close = _alternative_notes(report["aggregates"], candidates, candidate, rule.baseline, metric,

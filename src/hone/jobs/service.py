@@ -179,7 +179,7 @@ class JobService:
                             training_file=training.id, validation_file=validation.id if validation else None,
                             suffix=request.suffix, seed=seed, metadata_json=json.dumps(request.metadata or {}),
                             method_json=json.dumps(method_object(request)), hone_json=json.dumps(hone),
-                            status="validating_files", created_at=utc_now())
+                            status="validating_files", created_by=actor, created_at=utc_now())
         with session(self.engine) as db:
             db.add(job)
             add_event(db, job_id, f"Validating training file: {training.id}"

@@ -29,6 +29,7 @@ from hone.jobs.executors import Executor, LocalExecutor
 from hone.jobs.files import FileStore
 from hone.jobs.ids import new_id
 from hone.jobs.service import add_event, audit_job, checkpoint_name, fail, job_dir, model_name
+from hone.registry.card import write_version_cards
 from hone.registry.versions import Registry
 from hone.store import engine_for, session
 from hone.store.tables import FineTuningJob, JobCheckpoint, JobEvent, StoredFile, utc_now
@@ -326,7 +327,8 @@ class Worker:
             config=config, metrics={k: summary.get(k) for k in ("steps", "final_train_loss", "best_eval_loss",
                                                                  "tokens", "tokens_per_s", "train_seconds", "replay")},
             run_dir=run_dir, weights_dir=weights_dir, eval_report=evaluation,
-            verdict=(evaluation or {}).get("verdict"), actor=self.actor)
+            verdict=(evaluation or {}).get("verdict"), actor=self.actor, model=job.suffix or job.model,
+            author=job.created_by)
         job.status, job.finished_at, job.fine_tuned_model = "succeeded", utc_now(), name
         job.evaluation_json = json.dumps(evaluation) if evaluation else None
         job.trained_tokens = summary.get("tokens")
@@ -334,6 +336,12 @@ class Worker:
         job.estimated_finish = None
         audit_job(db, job, "succeeded", self.actor, fine_tuned_model=name, trained_tokens=job.trained_tokens,
                   verdict=(evaluation or {}).get("verdict"))
+        try:
+            write_version_cards(db, name)
+        except Exception as error:  # the model trained and is registered: a missing card is a warning, not a failure
+            log.warning("job %s: the model card could not be written", job.id, exc_info=True)
+            add_event(db, job.id, "The model card (README.md) could not be written: "
+                      + without_server_paths(str(error), folder), level="warn")
         add_event(db, job.id, f"New fine-tuned model created: {name}", data={"fine_tuned_model": name})
         add_event(db, job.id, "The job has successfully completed" + evaluation_sentence(evaluation),
                   level="warn" if evaluation and evaluation.get("verdict") not in (None, "SHIP") else "info",

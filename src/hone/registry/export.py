@@ -1,6 +1,6 @@
 """Export a fine-tuned run as a standalone model: the adapter merged into the base, saved as a Hugging Face
-folder (safetensors, config and generation config with the right EOS, tokenizer with its chat template),
-and optionally as a GGUF file for llama.cpp-based runtimes.
+folder (safetensors, config and generation config with the right EOS, tokenizer with its chat template, model
+card README.md), and optionally as a GGUF file for llama.cpp-based runtimes.
 
 The merge is done in float32 whatever the saved dtype, so rounding happens once, after the merge.
 """
@@ -24,6 +24,7 @@ from hone.models import fingerprint, load_model, load_tokenizer, local_model_dir
 from hone.models.finetuned import adapter_fingerprint, attach_adapter, read_run_dir
 from hone.models.generation import stop_token_ids
 from hone.models.loading import peft_quietly
+from hone.registry.card import version_from_run_dir, write_model_card
 
 EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # In its own subfolder: transformers, given gguf_file=, would otherwise mix in the folder's tokenizer_config.json.
@@ -56,6 +57,7 @@ def export_merged(run_dir: Path, out: Path, *, gguf: bool = False, dtype: str = 
                        base_folder=local_model_dir(run.base))
         manifest = _manifest(run, save_dtype, gguf)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        write_model_card(version_from_run_dir(run.run_dir), staging, merged=True)
         _move_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -12,12 +12,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from hone import audit
 from hone.errors import NotFoundError
+from hone.registry.promotion import record_evaluation
 from hone.store import engine_for, session
-from hone.store.tables import FineTuningJob, JobCheckpoint, ModelVersion, StoredFile, iso_utc, utc_now
+from hone.store.tables import (
+    AliasMove,
+    Approval,
+    FineTuningJob,
+    JobCheckpoint,
+    ModelAlias,
+    ModelVersion,
+    PromotionRequest,
+    StoredFile,
+    VersionEvaluation,
+    iso_utc,
+    utc_now,
+)
 
 
 @dataclass(frozen=True)
@@ -38,31 +51,66 @@ def _version_dict(version: ModelVersion) -> dict[str, Any]:
             "training_file_sha256": version.training_file_sha256, "dataset_id": version.dataset_id,
             "config": json.loads(version.config_json), "metrics": json.loads(version.metrics_json),
             "eval": json.loads(version.eval_json) if version.eval_json else None, "verdict": version.verdict,
-            "run_dir": version.run_dir, "weights_dir": version.weights_dir, "created_at": iso_utc(version.created_at)}
+            "run_dir": version.run_dir, "weights_dir": version.weights_dir, "created_at": iso_utc(version.created_at),
+            "model": version.model, "version": version.version, "author": version.author}
 
 
 class Registry:
     """Model versions of every project; each call is scoped to one project (None: all, for admins and the CLI)."""
 
     def __init__(self, db_url: str | None = None):
+        self.db_url = db_url
         self.engine = engine_for(db_url)
+
+    def project_settings(self, project: str) -> dict[str, Any]:
+        """The project's settings (intended purpose, provider, promotion policy) as plain JSON types."""
+        from hone.registry.projects import Projects
+
+        return Projects(self.db_url).settings(project).model_dump(mode="json")
+
+    def resolve(self, project: str, model: str, version: str | int | None = None) -> str:
+        """The full name of a version: `model` itself when it is one, `MODEL@ALIAS`, or MODEL and its number."""
+        from hone.registry.promotion import Promotions
+
+        promotions = Promotions(self.db_url)
+        if version is None and "@" in model:
+            name, alias = model.rsplit("@", 1)
+            return promotions.resolve_alias(project, name, alias)
+        if version is None:
+            return self._name_in(project, model)
+        with session(self.engine) as db:
+            return promotions.version(db, project, model, version).name
+
+    def _name_in(self, project: str, name: str) -> str:
+        with session(self.engine) as db:
+            return self._version(db, project, name).name
 
     def register(self, db, *, project: str, name: str, base_model: str, base_fingerprint: str, job_id: str | None,
                  training_file_sha256: str | None, dataset_id: str | None, config: dict, metrics: dict,
                  run_dir: Path, weights_dir: Path, eval_report: dict | None = None,
-                 verdict: str | None = None, actor: str | None = None) -> None:
-        """Add a version inside the caller's transaction (the job's success, its version and their audit entries
-        land together)."""
-        db.add(ModelVersion(project=project, name=name, base_model=base_model, base_fingerprint=base_fingerprint,
+                 verdict: str | None = None, actor: str | None = None, model: str | None = None,
+                 author: str | None = None) -> int:
+        """Add a version inside the caller's transaction (the job's success, its version, its evaluation and their
+        audit entries land together); `model` (default: the name) groups versions, numbered 1, 2, ...
+        Returns the version's number."""
+        model = model or name
+        number = (db.scalar(select(func.max(ModelVersion.version)).where(
+            ModelVersion.project == project, ModelVersion.model == model)) or 0) + 1
+        db.add(ModelVersion(project=project, name=name, model=model, version=number, author=author,
+                            base_model=base_model, base_fingerprint=base_fingerprint,
                             job_id=job_id, training_file_sha256=training_file_sha256, dataset_id=dataset_id,
                             config_json=json.dumps(config), metrics_json=json.dumps(metrics),
                             eval_json=json.dumps(eval_report) if eval_report is not None else None,
                             verdict=verdict, run_dir=str(run_dir), weights_dir=str(weights_dir),
                             created_at=utc_now()))
         audit.record(db, project=project, actor=actor, action="model.registered", object_type="model_version",
-                     object_id=name, details={"job_id": job_id, "base_fingerprint": base_fingerprint,
+                     object_id=name, details={"model": model, "version": number, "job_id": job_id,
+                                              "base_fingerprint": base_fingerprint,
                                               "training_file_sha256": training_file_sha256,
                                               "dataset_id": dataset_id, "verdict": verdict})
+        if eval_report is not None and "error" not in eval_report:
+            record_evaluation(db, project=project, version_name=name, against=None, summary=eval_report, actor=actor)
+        return number
 
     def list(self, project: str | None = None) -> list[dict[str, Any]]:
         """Every version, newest first."""
@@ -88,6 +136,7 @@ class Registry:
             training = db.get(StoredFile, job.training_file) if job else None
             checkpoints = db.scalars(select(JobCheckpoint).where(JobCheckpoint.job_id == version.job_id)
                                      .order_by(JobCheckpoint.step)).all() if job else []
+            governance = self._governance(db, version)
         replay = shown["metrics"].get("replay") or {}
         shown["lineage"] = [
             {"stage": "dataset", "training_file": job.training_file if job else None,
@@ -103,7 +152,35 @@ class Registry:
              "checkpoints": [c.fine_tuned_model_checkpoint for c in checkpoints]},
             {"stage": "eval", "verdict": version.verdict, "report": bool(version.eval_json)},
         ]
-        return shown
+        return shown | governance
+
+    def _governance(self, db, version: ModelVersion) -> dict[str, Any]:
+        """The aliases pointing at a version, the decisions on its promotions, its aliases' moves to or from it, and
+        the evaluations it carries."""
+        aliases = db.scalars(select(ModelAlias.alias).where(ModelAlias.version_name == version.name)
+                             .order_by(ModelAlias.alias)).all()
+        requests = {r.id: r for r in db.scalars(select(PromotionRequest).where(
+            PromotionRequest.version_name == version.name))}
+        approvals = db.scalars(select(Approval).where(Approval.request_id.in_(requests)).order_by(Approval.id)) \
+            if requests else []
+        moves = db.scalars(select(AliasMove).where(AliasMove.project == version.project,
+                                                   AliasMove.model == version.model)
+                           .where((AliasMove.to_version == version.name) | (AliasMove.from_version == version.name))
+                           .order_by(AliasMove.id))
+        evaluations = db.scalars(select(VersionEvaluation).where(VersionEvaluation.version_name == version.name)
+                                 .order_by(VersionEvaluation.id))
+        return {
+            "aliases": list(aliases),
+            "approvals": [{"alias": requests[a.request_id].alias, "request_id": a.request_id, "decision": a.decision,
+                           "actor": a.actor, "comment": a.comment, "created_at": iso_utc(a.created_at)}
+                          for a in approvals],
+            "alias_history": [{"alias": m.alias, "action": m.action, "from_version": m.from_version,
+                               "to_version": m.to_version, "actor": m.actor, "reason": m.reason,
+                               "created_at": iso_utc(m.created_at)} for m in moves],
+            "evaluations": [{"against_version": e.against_version, "verdict": e.verdict, "actor": e.actor,
+                             "created_at": iso_utc(e.created_at), "summary": json.loads(e.summary_json)}
+                            for e in evaluations],
+        }
 
     def servable(self, name: str, project: str | None = None) -> Servable:
         """The weights a model name stands for: a registered version, or `...:ckpt-step-N` of its job."""

@@ -7,20 +7,47 @@ material for the next fine-tune.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, true
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from hone.data.curate.pii import PiiSettings, Scrubber
+from hone.data.curate.pii import PiiSettings, Scrubber, undetectable_warning
 from hone.store import engine_for, session
 from hone.store.tables import DEFAULT_PROJECT, CapturedRequest, Feedback, iso_utc
 
+log = logging.getLogger("hone.serve")
 EXPORT_BATCH = 500  # rows read per query while exporting, so a large capture never sits in memory at once
+
+
+@dataclass(frozen=True)
+class GivenFeedback:
+    """One rating and/or corrected answer (PII masked) given for a captured response."""
+
+    rating: int | None
+    correction: str | None
+    created_at: str
+
+
+@dataclass(frozen=True)
+class CapturedExchange:
+    """A captured request and answer as stored (PII masked), with every feedback given on it, oldest first."""
+
+    response_id: str
+    project: str
+    model: str
+    request: dict
+    response_text: str
+    usage: dict
+    created_at: str
+    feedback: list[GivenFeedback]
 
 
 class CaptureStore:
@@ -36,7 +63,11 @@ class CaptureStore:
         with self._scrub_lock:
             # Built on first use and kept: setting up Presidio takes seconds.
             if self._scrubber is None:
-                self._scrubber = Scrubber(PiiSettings(mode="mask"))
+                settings = PiiSettings(mode="mask")
+                warning = undetectable_warning(settings)
+                if warning:
+                    log.warning("warning: captured traffic: %s", warning)
+                self._scrubber = Scrubber(settings)
             findings = self._scrubber.find(text)
             return self._scrubber.replace(text, findings) if findings else text
 
@@ -97,22 +128,25 @@ class CaptureStore:
                 raise KeyError(response_id)
             db.add(Feedback(response_id=response_id, rating=rating, correction=masked))
 
-    def export(self, path: str | Path, *, min_rating: int | None = None, model: str | None = None) -> int:
+    def export(self, path: str | Path, *, min_rating: int | None = None, model: str | None = None,
+               project: str | None = None) -> int:
         """Write captured conversations as OpenAI chat JSONL (the corrected answer where one was given).
 
         `min_rating` keeps only responses whose latest rating is at least that; `model` only one model's
-        traffic. Returns the number of lines written; the file is replaced only once it is complete.
+        traffic; `project` only one project's. Returns the number of lines written; the file is replaced only
+        once it is complete.
         """
-        return self.export_report(path, min_rating=min_rating, model=model)["examples"]
+        return self.export_report(path, min_rating=min_rating, model=model, project=project)["examples"]
 
-    def export_report(self, path: str | Path, *, min_rating: int | None = None, model: str | None = None) -> dict:
+    def export_report(self, path: str | Path, *, min_rating: int | None = None, model: str | None = None,
+                      project: str | None = None) -> dict:
         """`export`, returning {"out", "examples", "skipped"}: skipped exchanges had no prompt or no answer."""
         path = Path(path).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
         written = skipped = 0
         with partial.open("w", encoding="utf-8") as out:
-            for capture, feedback in self._captures(min_rating=min_rating, model=model):
+            for capture, feedback in self._captures(min_rating=min_rating, model=model, project=project):
                 example = _chat_example(capture, feedback)
                 if example is None:
                     skipped += 1
@@ -122,7 +156,8 @@ class CaptureStore:
         os.replace(partial, path)
         return {"out": str(path), "examples": written, "skipped": skipped}
 
-    def _captures(self, *, min_rating: int | None, model: str | None) -> Iterator[tuple[CapturedRequest, Feedback]]:
+    def _captures(self, *, min_rating: int | None, model: str | None,
+                  project: str | None = None) -> Iterator[tuple[CapturedRequest, Feedback]]:
         """Captured requests, oldest first, each with its latest feedback (or None)."""
         latest = (select(Feedback.response_id, func.max(Feedback.id).label("feedback_id"))
                   .group_by(Feedback.response_id).subquery())
@@ -134,6 +169,8 @@ class CaptureStore:
             query = query.where(CapturedRequest.model == model)
         if min_rating is not None:
             query = query.where(Feedback.rating >= min_rating)
+        if project is not None:
+            query = query.where(CapturedRequest.project == project)
         last_id = 0
         while True:
             with session(self.engine) as db:
@@ -143,19 +180,65 @@ class CaptureStore:
             yield from ((row[0], row[1]) for row in rows)
             last_id = rows[-1][0].id
 
-    def stats(self) -> dict:
-        """Counts of captured requests (per model), feedback, ratings and corrections, and the time span."""
+    def stats(self, project: str | None = None) -> dict:
+        """Counts of captured requests (per model), feedback, ratings and corrections, and the time span; of one
+        project's traffic when `project` is given."""
+        mine = CapturedRequest.project == project if project is not None else true()
+        on_mine = Feedback.response_id.in_(select(CapturedRequest.response_id).where(mine))
         with session(self.engine) as db:
-            per_model = dict(db.execute(select(CapturedRequest.model, func.count())
+            per_model = dict(db.execute(select(CapturedRequest.model, func.count()).where(mine)
                                         .group_by(CapturedRequest.model).order_by(CapturedRequest.model)).all())
             first, last = db.execute(select(func.min(CapturedRequest.created_at),
-                                            func.max(CapturedRequest.created_at))).one()
-            with_feedback = db.scalar(select(func.count(func.distinct(Feedback.response_id))))
-            ratings, mean_rating = db.execute(select(func.count(Feedback.rating), func.avg(Feedback.rating))).one()
-            corrections = db.scalar(select(func.count(Feedback.correction)))
+                                            func.max(CapturedRequest.created_at)).where(mine)).one()
+            with_feedback = db.scalar(select(func.count(func.distinct(Feedback.response_id))).where(on_mine))
+            ratings, mean_rating = db.execute(select(func.count(Feedback.rating), func.avg(Feedback.rating))
+                                              .where(on_mine)).one()
+            corrections = db.scalar(select(func.count(Feedback.correction)).where(on_mine))
         return {"captured": sum(per_model.values()), "per_model": per_model, "with_feedback": with_feedback,
                 "ratings": ratings, "mean_rating": round(float(mean_rating), 3) if mean_rating is not None else None,
                 "corrections": corrections, "first": iso_utc(first), "last": iso_utc(last)}
+
+    def captured(self, project: str, *, model: str | None = None, min_rating: int | None = None, limit: int = 20,
+                 after: str | None = None) -> tuple[list[CapturedExchange], bool]:
+        """A page of `project`'s captured exchanges, newest first, older than response `after`; and whether more
+        follow. `min_rating` keeps those whose latest rating is at least that. KeyError when `after` is not one
+        of the project's captured responses."""
+        latest = (select(Feedback.response_id, func.max(Feedback.id).label("feedback_id"))
+                  .group_by(Feedback.response_id).subquery())
+        query = select(CapturedRequest).where(CapturedRequest.project == project)
+        if model is not None:
+            query = query.where(CapturedRequest.model == model)
+        if min_rating is not None:
+            query = (query.join(latest, latest.c.response_id == CapturedRequest.response_id)
+                     .join(Feedback, Feedback.id == latest.c.feedback_id).where(Feedback.rating >= min_rating))
+        with session(self.engine) as db:
+            if after is not None:
+                query = query.where(CapturedRequest.id < self._row(db, project, after).id)
+            rows = db.scalars(query.order_by(CapturedRequest.id.desc()).limit(limit + 1)).all()
+            return [self._exchange(db, row) for row in rows[:limit]], len(rows) > limit
+
+    def captured_one(self, project: str, response_id: str) -> CapturedExchange:
+        """`project`'s captured exchange `response_id` with its feedback; KeyError when there is none (or it is
+        another project's)."""
+        with session(self.engine) as db:
+            return self._exchange(db, self._row(db, project, response_id))
+
+    @staticmethod
+    def _row(db: Session, project: str, response_id: str) -> CapturedRequest:
+        row = db.scalar(select(CapturedRequest).where(CapturedRequest.project == project,
+                                                      CapturedRequest.response_id == response_id))
+        if row is None:
+            raise KeyError(response_id)
+        return row
+
+    @staticmethod
+    def _exchange(db: Session, row: CapturedRequest) -> CapturedExchange:
+        given = db.scalars(select(Feedback).where(Feedback.response_id == row.response_id).order_by(Feedback.id))
+        return CapturedExchange(response_id=row.response_id, project=row.project, model=row.model,
+                                request=json.loads(row.request_json), response_text=row.response_text,
+                                usage=json.loads(row.usage_json), created_at=iso_utc(row.created_at),
+                                feedback=[GivenFeedback(rating=f.rating, correction=f.correction,
+                                                        created_at=iso_utc(f.created_at)) for f in given])
 
 
 def _chat_example(capture: CapturedRequest, feedback: Feedback | None) -> dict | None:

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hone.settings import read_yaml_mapping, resolve_relative, validate
+from hone.store.tables import DEFAULT_PROJECT
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
@@ -24,6 +25,20 @@ class ModelOptions(Section):
     index: str | None = Field(None, description="An entry of `indexes`, or the path of a `hone index build` "
                               "index, whose passages are injected into every request.")
     top_k: int = Field(3, ge=1, le=50, description="Passages injected from the index per request.")
+
+
+class IndexEntry(Section):
+    """A retrieval index requests may name, and the project whose keys may name it."""
+
+    path: Path = Field(description="A `hone index build` index.")
+    project: str = Field(DEFAULT_PROJECT, description="Only this project's keys may name it; to others it does "
+                         "not exist.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, value: object) -> object:
+        """`name: path` is short for `name: {path: path}` (the default project's)."""
+        return {"path": value} if isinstance(value, str | Path) else value
 
 
 class Limits(Section):
@@ -58,7 +73,8 @@ class ServeConfig(Section):
     adapter_roots: list[Path] = Field(default_factory=list, description="Folders POST /v1/load_lora_adapter may "
                                       "load from (run dirs or adapters under them); none: it loads nothing by path.")
     models: dict[str, ModelOptions] = Field(default_factory=dict, description="Options per served model name.")
-    indexes: dict[str, Path] = Field(default_factory=dict, description="Retrieval indexes requests may name.")
+    indexes: dict[str, IndexEntry] = Field(default_factory=dict, description="Retrieval indexes requests may "
+                                           "name: name -> path (the default project's) or {path, project}.")
     max_adapters: int = Field(8, ge=1, description="Adapters held in memory at once (LRU).")
     max_batch: int = Field(16, ge=1, description="Sequences decoded together in one forward pass.")
     limits: Limits = Limits()
@@ -95,6 +111,10 @@ class ServeConfig(Section):
         """The options of served model `name` (defaults when it has none)."""
         return self.models.get(name) or ModelOptions()
 
+    def project_indexes(self, project: str) -> list[str]:
+        """The names of the indexes `project`'s requests may name."""
+        return [name for name, entry in self.indexes.items() if entry.project == project]
+
 
 def load_serve_config(path: Path | None = None, adapters: dict[str, Path] | None = None,
                       **overrides) -> ServeConfig:
@@ -119,6 +139,9 @@ def _resolve_paths(raw: dict, path: Path) -> None:
         if isinstance(raw.get(key), dict):
             raw[key] = {name: resolve_relative(Path(p), path) if isinstance(p, str) else p
                         for name, p in raw[key].items()}
+    for entry in raw["indexes"].values() if isinstance(raw.get("indexes"), dict) else ():
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+            entry["path"] = resolve_relative(Path(entry["path"]), path)
     for options in (raw.get("models") or {}).values() if isinstance(raw.get("models"), dict) else ():
         index = options.get("index") if isinstance(options, dict) else None
         if isinstance(index, str) and index not in (raw.get("indexes") or {}):

@@ -22,6 +22,7 @@ from hone.data.render import render_prompt
 from hone.errors import HoneError, NotFoundError, RequestError
 from hone.models import fingerprint, frozen_dtype, load_model, load_tokenizer, local_model_dir
 from hone.models.finetuned import default_device
+from hone.registry.promotion import Promotions
 from hone.registry.versions import Registry
 from hone.retrieval.prompt import rag_messages, rag_text, retrieval_query
 from hone.serve.adapters import (
@@ -140,6 +141,9 @@ class ModelServer:
             return model
         if model.startswith("ft:"):
             return self._load_fine_tuned(model, project)
+        if "@" in model:  # MODEL@ALIAS follows the alias on every request, so a promotion needs no restart
+            name, alias = model.rsplit("@", 1)
+            return self.adapter_for(Promotions(self.config.database).resolve_alias(project, name, alias), project)
         known = ", ".join([self.base_id, *(source.name for source in self.registry.all())])
         raise NotFoundError(f"The model '{model}' does not exist on this server; served models: {known}. "
                             "GET /v1/models lists them.", param="model", code="model_not_found")
@@ -225,18 +229,23 @@ class ModelServer:
         """An opened retrieval index by `indexes` name or path, opened once and kept."""
         from hone.retrieval.store import open_index
 
-        path = self.config.indexes.get(reference) or Path(reference)
+        entry = self.config.indexes.get(reference)
+        path = entry.path if entry is not None else Path(reference)
         with self._index_lock:
             if reference not in self._indexes:
                 self._indexes[reference] = open_index(path)
             return self._indexes[reference]
 
-    async def passages(self, model: str, query: str, *, index: str | None = None,
-                       top_k: int | None = None) -> list[dict]:
-        """Top-k passages for `query` from the request's `index` or the model's own ([] when neither names one)."""
+    async def passages(self, model: str, query: str, *, index: str | None = None, top_k: int | None = None,
+                       project: str = DEFAULT_PROJECT) -> list[dict]:
+        """Top-k passages for `query` from the request's `index` or the model's own ([] when neither names one).
+
+        A request of `project` may name only that project's indexes; another project's is refused exactly as an
+        unknown name is, listing only `project`'s own."""
         options = self.config.options(model)
-        if index is not None and index not in self.config.indexes:
-            known = ", ".join(self.config.indexes) or "none are configured (add `indexes:` to serve.yaml)"
+        mine = self.config.project_indexes(project)
+        if index is not None and index not in mine:
+            known = ", ".join(mine) or f"none are configured for project {project!r} (add `indexes:` to serve.yaml)"
             raise RequestError(f"index {index!r} is not one of this server's indexes: {known}", param="index")
         reference = index or options.index
         if not reference:
@@ -249,16 +258,17 @@ class ModelServer:
             raise failure(f"index: {error}", param="index") from None
 
     async def chat_prompt(self, model: str, messages: list[dict], *, index: str | None = None,
-                          top_k: int | None = None) -> Prompt:
-        """The prompt `model` is fed for a conversation: passages retrieved for its last user turn (from `index`
-        or the model's own) put into its system message, rendered with the chat template."""
-        passages = await self.passages(model, retrieval_query(messages), index=index, top_k=top_k)
+                          top_k: int | None = None, project: str = DEFAULT_PROJECT) -> Prompt:
+        """The prompt `model` is fed for a conversation of `project`: passages retrieved for its last user turn
+        (from `index` or the model's own) put into its system message, rendered with the chat template."""
+        passages = await self.passages(model, retrieval_query(messages), index=index, top_k=top_k, project=project)
         return Prompt(render_prompt(self.tokenizer, rag_messages(messages, passages)), passages)
 
     async def text_prompt(self, model: str, prompt: str, *, index: str | None = None,
-                          top_k: int | None = None) -> Prompt:
-        """The prompt `model` is fed for a plain-text prompt, with the passages retrieved for it before it."""
-        passages = await self.passages(model, prompt, index=index, top_k=top_k)
+                          top_k: int | None = None, project: str = DEFAULT_PROJECT) -> Prompt:
+        """The prompt `model` is fed for a plain-text prompt of `project`, with the passages retrieved for it
+        before it."""
+        passages = await self.passages(model, prompt, index=index, top_k=top_k, project=project)
         ids = list(self.tokenizer(rag_text(prompt, passages))["input_ids"])
         if not ids:
             raise RequestError("prompt: it is empty; send some text", param="prompt")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from hone.store.base import Base
@@ -126,6 +126,7 @@ class FineTuningJob(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     run_dir: Mapped[str | None] = mapped_column(Text, default=None)
+    created_by: Mapped[str | None] = mapped_column(String(128), default=None)  # the actor who created it
     evaluation_json: Mapped[str | None] = mapped_column(Text, default=None)  # the verdict of the eval after training
 
 
@@ -178,6 +179,99 @@ class ModelVersion(Base):
     run_dir: Mapped[str] = mapped_column(Text)
     weights_dir: Mapped[str] = mapped_column(Text)  # RUN_DIR/adapter, or RUN_DIR/model for method full
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, index=True)
+    model: Mapped[str] = mapped_column(String(256), default="-", server_default="-", index=True)  # job suffix or base
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # 1, 2, ... within its model
+    author: Mapped[str | None] = mapped_column(String(128), default=None)  # who created its job
+
+
+class Project(Base):
+    """A project and its settings (intended purpose, promotion policy); projects without a row use the defaults."""
+
+    __tablename__ = "projects"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    settings_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+
+class ModelAlias(Base):
+    """Where an alias (champion, staging, ...) of a model points now; every move is also in `alias_history`."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (UniqueConstraint("project", "model", "alias", name="uq_model_aliases_project_model_alias"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project: Mapped[str] = mapped_column(String(64), default=DEFAULT_PROJECT, server_default=DEFAULT_PROJECT)
+    model: Mapped[str] = mapped_column(String(256))
+    alias: Mapped[str] = mapped_column(String(64))
+    version_name: Mapped[str] = mapped_column(String(512))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+
+class AliasMove(Base):
+    """One move of an alias (append-only): promote, rollback or remove, by whom, from which version, why."""
+
+    __tablename__ = "alias_history"
+    __table_args__ = (Index("ix_alias_history_project_model", "project", "model"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project: Mapped[str] = mapped_column(String(64), default=DEFAULT_PROJECT, server_default=DEFAULT_PROJECT)
+    model: Mapped[str] = mapped_column(String(256))
+    alias: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(16))
+    from_version: Mapped[str | None] = mapped_column(String(512), default=None)
+    to_version: Mapped[str | None] = mapped_column(String(512), default=None)
+    actor: Mapped[str | None] = mapped_column(String(128), default=None)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    request_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+
+class PromotionRequest(Base):
+    """A request to point an alias at a version; promoted once the project's policy holds and approvals are in."""
+
+    __tablename__ = "promotion_requests"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project: Mapped[str] = project_column()
+    model: Mapped[str] = mapped_column(String(256))
+    alias: Mapped[str] = mapped_column(String(64))
+    version_name: Mapped[str] = mapped_column(String(512))
+    requested_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    status: Mapped[str] = mapped_column(String(16))  # pending | promoted | rejected | refused
+    checks_json: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
+    baseline_version: Mapped[str | None] = mapped_column(String(512), default=None)  # the alias's target at request
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class Approval(Base):
+    """An approver's decision on a promotion request, with their comment."""
+
+    __tablename__ = "approvals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("promotion_requests.id", ondelete="CASCADE"), index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    decision: Mapped[str] = mapped_column(String(16))  # approved | rejected
+    comment: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+
+class VersionEvaluation(Base):
+    """An evaluation a version carries: against the base (after training) or against another version."""
+
+    __tablename__ = "version_evaluations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project: Mapped[str] = mapped_column(String(64), default=DEFAULT_PROJECT, server_default=DEFAULT_PROJECT)
+    version_name: Mapped[str] = mapped_column(String(512), index=True)
+    against_version: Mapped[str | None] = mapped_column(String(512), default=None)  # None: the base model
+    verdict: Mapped[str | None] = mapped_column(String(32), default=None)
+    summary_json: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str | None] = mapped_column(String(128), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
 
 
 class AuditLogEntry(Base):
