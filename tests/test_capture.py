@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from hone.cli import app
 from hone.data.formats import read_dataset
-from hone.serve.capture import CaptureStore
+from hone.monitor.capture import CaptureStore
 
 EMAIL, PHONE = "jane.doe@example.com", "+1 415-555-0132"
 

@@ -20,7 +20,7 @@ from hone.api.app import create_app
 from hone.api.keys import KeyStore
 from hone.audit import entries
 from hone.cli import app as cli
-from hone.serve.capture import CaptureStore
+from hone.monitor.capture import CaptureStore
 from hone.serve.config import ServeConfig, load_serve_config
 from hone.store import engine_for
 

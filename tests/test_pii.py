@@ -14,7 +14,7 @@ from hone.cli import app
 from hone.data.curate import pii
 from hone.data.curate.pii import PiiSettings, Scrubber, undetectable_kinds, undetectable_warning
 from hone.errors import HoneError
-from hone.serve.capture import CaptureStore
+from hone.monitor.capture import CaptureStore
 
 # (sentence, planted value, the label it must get)
 PLANTED = [

@@ -12,7 +12,7 @@ from hone.api.audit import JsonObject
 from hone.api.auth import Admin
 from hone.api.errors import error_responses
 from hone.errors import NotFoundError
-from hone.serve.capture import CapturedExchange, CaptureStore
+from hone.monitor.capture import CapturedExchange, CaptureStore
 
 
 class CapturedFeedback(BaseModel):

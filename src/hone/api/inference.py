@@ -31,9 +31,10 @@ from hone.api.protocol import (
     new_id,
 )
 from hone.errors import RequestError
+from hone.monitor.capture import Served
 from hone.serve.engine import SamplingParams
 from hone.serve.limits import Slot
-from hone.serve.server import Generation, ModelServer, Prompt
+from hone.serve.server import Generation, ModelServer, Prompt, Route
 
 router = APIRouter(tags=["inference"])
 GENERATION_ERRORS = error_responses(400, 404, 413, 429, 504)
@@ -51,13 +52,14 @@ def _stream_of(chunk_model: str) -> dict:
 async def chat_completions(body: ChatCompletionRequest, request: Request, server: CurrentServer,
                            me: Developer) -> ChatCompletion | Response:
     """OpenAI's chat completion, with passages from a retrieval index when the request or the model names one."""
-    adapter = await run_in_threadpool(server.adapter_for, body.model, me.project)
+    started = time.perf_counter()
+    route = await run_in_threadpool(server.route, body.model, me.project, body.user)
     slot = server.requests.acquire()
     try:
         prompt = await server.chat_prompt(body.model, body.conversation(), index=body.index, top_k=body.top_k,
                                           project=me.project)
-        return await _respond(server, request, slot, body, prompt, adapter, "messages", chat=True,
-                              project=me.project)
+        return await _respond(server, request, slot, body, prompt, route, "messages", chat=True,
+                              project=me.project, started=started)
     except BaseException:
         slot.release()
         raise
@@ -68,13 +70,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, server
 async def completions(body: CompletionRequest, request: Request, server: CurrentServer,
                       me: Developer) -> TextCompletion | Response:
     """OpenAI's (legacy) text completion of one prompt."""
-    adapter = await run_in_threadpool(server.adapter_for, body.model, me.project)
+    started = time.perf_counter()
+    route = await run_in_threadpool(server.route, body.model, me.project, body.user)
     slot = server.requests.acquire()
     try:
         prompt = await server.text_prompt(body.model, body.prompt_text(), index=body.index, top_k=body.top_k,
                                           project=me.project)
-        return await _respond(server, request, slot, body, prompt, adapter, "prompt", chat=False,
-                              project=me.project)
+        return await _respond(server, request, slot, body, prompt, route, "prompt", chat=False,
+                              project=me.project, started=started)
     except BaseException:
         slot.release()
         raise
@@ -109,13 +112,19 @@ def _sampling(server: ModelServer, body: GenerationFields, prompt: Prompt, promp
                           stop=body.stop_strings(), ignore_eos=body.ignore_eos)
 
 
+def _served(route: Route, started: float, finish_reason: str | None) -> Served:
+    """How the request was answered, for the capture: by what, through which alias and arm, how fast, why it stopped."""
+    return Served(version=route.version, alias=route.alias, arm=route.arm, finish_reason=finish_reason,
+                  latency_ms=round((time.perf_counter() - started) * 1000, 1))
+
+
 async def _respond(server: ModelServer, request: Request, slot: Slot, body: GenerationFields, prompt: Prompt,
-                   adapter: str | None, prompt_param: str, chat: bool,
-                   project: str) -> ChatCompletion | TextCompletion | Response:
+                   route: Route, prompt_param: str, chat: bool, project: str,
+                   started: float) -> ChatCompletion | TextCompletion | Response:
     """Run the request and answer it whole or as an SSE stream, in OpenAI's shapes; frees `slot` when done. The
     exchange is captured as `project`'s."""
     params = _sampling(server, body, prompt, prompt_param)
-    generation = Generation(server, prompt.ids, adapter, params, request.is_disconnected)
+    generation = Generation(server, prompt.ids, route.adapter, params, request.is_disconnected)
     response_id = new_id("chatcmpl" if chat else "cmpl")
     if not body.stream:
         try:
@@ -126,7 +135,7 @@ async def _respond(server: ModelServer, request: Request, slot: Slot, body: Gene
             return Response(status_code=204)  # the client is gone; nothing to answer or capture
         usage = Usage.of(generation.prompt_tokens, generation.completion_tokens)
         await server.record(project, body.model, response_id, body.model_dump(exclude_unset=True), text,
-                            usage.model_dump())
+                            usage.model_dump(), _served(route, started, finish_reason))
         sources = prompt.passages or None
         if chat:
             return ChatCompletion(id=response_id, created=int(time.time()), model=body.model, usage=usage,
@@ -136,12 +145,13 @@ async def _respond(server: ModelServer, request: Request, slot: Slot, body: Gene
                               choices=[CompletionChoice(text=text, finish_reason=finish_reason)], sources=sources)
     writer = ChunkWriter(response_id, body.model, chat, body.include_usage_in_stream())
     return StreamingResponse(_stream(server, generation, slot, writer, body, response_id, prompt.passages,
-                                     project),
+                                     project, route, started),
                              media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 async def _stream(server: ModelServer, generation: Generation, slot: Slot, writer: ChunkWriter,
-                  body: GenerationFields, response_id: str, passages: list[dict], project: str) -> AsyncIterator[str]:
+                  body: GenerationFields, response_id: str, passages: list[dict], project: str, route: Route,
+                  started: float) -> AsyncIterator[str]:
     try:
         if first := writer.start():
             yield first
@@ -153,7 +163,7 @@ async def _stream(server: ModelServer, generation: Generation, slot: Slot, write
             if event.finish_reason:
                 usage = Usage.of(generation.prompt_tokens, generation.completion_tokens)
                 await server.record(project, body.model, response_id, body.model_dump(exclude_unset=True),
-                                    "".join(parts), usage.model_dump())
+                                    "".join(parts), usage.model_dump(), _served(route, started, event.finish_reason))
                 yield writer.finish(event.finish_reason, usage, passages)
     except RequestError as error:
         yield sse_error(APIError.from_request_error(error))

@@ -29,7 +29,7 @@ def export(
     as_json: JsonOption = False,
 ) -> None:
     """Write captured conversations as chat JSONL, using corrected answers where users gave them."""
-    from hone.serve.capture import CaptureStore  # imported on use: it loads heavy models' code
+    from hone.monitor.capture import CaptureStore  # imported on use: it loads heavy models' code
     report = CaptureStore(db).export_report(out, min_rating=min_rating, model=model, project=project)
     if as_json:
         emit_json({**report, "model": model, "min_rating": min_rating, "project": project})
@@ -45,7 +45,7 @@ def export(
 @app.command("stats")
 def stats(project: ProjectOption = None, db: DbOption = None, as_json: JsonOption = False) -> None:
     """How much traffic and feedback has been captured, per model."""
-    from hone.serve.capture import CaptureStore  # imported on use: it loads heavy models' code
+    from hone.monitor.capture import CaptureStore  # imported on use: it loads heavy models' code
     figures = CaptureStore(db).stats(project)
     if as_json:
         emit_json(figures)

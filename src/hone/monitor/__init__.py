@@ -1,29 +1,3 @@
-"""Production monitoring: drift of captured traffic against the training data."""
-
-from hone.monitor.drift import (
-    ClassifierCheck,
-    DriftConfig,
-    DriftResult,
-    MMDCheck,
-    PromptEmbeddings,
-    SampleTest,
-    embed_prompts,
-    embedding_drift,
-    length_drift,
-    prompt_drift,
-    rate_drift,
-)
-
-__all__ = [
-    "ClassifierCheck",
-    "DriftConfig",
-    "DriftResult",
-    "MMDCheck",
-    "PromptEmbeddings",
-    "SampleTest",
-    "embed_prompts",
-    "embedding_drift",
-    "length_drift",
-    "prompt_drift",
-    "rate_drift",
-]
+"""Production monitoring: captured traffic and feedback (`capture`), per-window health of each served model
+(`report`), drift against the training data (`drift`), canary and shadow arms (`canary`), and the retraining loop
+(`loop`). Import the submodules: each loads only what it needs."""

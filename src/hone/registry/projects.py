@@ -15,6 +15,7 @@ from sqlalchemy import func, select, union
 
 from hone import audit
 from hone.errors import HoneError, RequestError
+from hone.monitor.contracts import OutputContract
 from hone.store import engine_for, session
 from hone.store.tables import (
     ApiKey,
@@ -48,6 +49,15 @@ class PromotionPolicy(BaseModel):
                                       "approvals (e.g. staging); every move is still in the history.")
 
 
+class MonitorSettings(BaseModel):
+    """What the monitor checks in each model's traffic."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    contracts: dict[str, OutputContract] = Field(default_factory=dict, description="Per model (its name, e.g. "
+                                                 "support): the shape its replies must have, for format validity.")
+
+
 class ProjectSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -56,6 +66,7 @@ class ProjectSettings(BaseModel):
     provider: str | None = Field(None, max_length=400, description="The organisation that places the models on "
                                  "the market or puts them into service.")
     promotion: PromotionPolicy = PromotionPolicy()
+    monitor: MonitorSettings = MonitorSettings()
 
 
 def check_project_name(name: str) -> str:

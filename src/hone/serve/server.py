@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -40,6 +41,9 @@ from hone.serve.limits import ConcurrencyLimit
 from hone.store import engine_for, session
 from hone.store.tables import DEFAULT_PROJECT
 
+if TYPE_CHECKING:
+    from hone.monitor.capture import Served
+
 log = logging.getLogger("hone.serve")
 DISCONNECT_POLL_S = 0.5  # how often a request waiting for tokens checks that its client is still there
 
@@ -50,6 +54,17 @@ class Prompt:
 
     ids: list[int]
     passages: list[dict]
+
+
+@dataclass(frozen=True)
+class Route:
+    """What answers one request: the engine's adapter (None: the base), the registered version or adapter that is
+    (None: the base), the alias the request named, and the arm of the alias's traffic split."""
+
+    adapter: str | None
+    version: str | None
+    alias: str | None = None
+    arm: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +120,7 @@ class ModelServer:
     def _capture_store(self):
         if not any(self.config.options(name).capture for name in [self.base_id, *self.config.adapters]):
             return None
-        from hone.serve.capture import CaptureStore
+        from hone.monitor.capture import CaptureStore  # loads Presidio: only when something is captured
 
         return CaptureStore(self.config.database)
 
@@ -129,9 +144,21 @@ class ModelServer:
             self._base_fingerprint = fingerprint(self.config.base)
         return self._base_fingerprint
 
+    def route(self, model: str, project: str = DEFAULT_PROJECT, user: str | None = None) -> Route:
+        """What answers a request naming `model`: the adapter, the version it is, and for `MODEL@ALIAS` the alias
+        (followed on every request, so a promotion or rollback needs no restart) and the arm."""
+        if "@" in model and not model.startswith("ft:"):
+            name, alias = model.rsplit("@", 1)
+            version = Promotions(self.config.database).resolve_alias(project, name, alias)
+            return Route(self.adapter_for(version, project), version, alias, "primary")
+        adapter = self.adapter_for(model, project)
+        return Route(adapter, adapter)
+
     def adapter_for(self, model: str, project: str = DEFAULT_PROJECT) -> str | None:
         """The adapter a request's `model` names (None for the base); NotFoundError for other names, and for
         another project's fine-tuned models."""
+        if "@" in model and not model.startswith("ft:"):
+            return self.route(model, project).adapter
         if model == self.base_id:
             return None
         owner = self._fine_tuned.get(model)
@@ -141,9 +168,6 @@ class ModelServer:
             return model
         if model.startswith("ft:"):
             return self._load_fine_tuned(model, project)
-        if "@" in model:  # MODEL@ALIAS follows the alias on every request, so a promotion needs no restart
-            name, alias = model.rsplit("@", 1)
-            return self.adapter_for(Promotions(self.config.database).resolve_alias(project, name, alias), project)
         known = ", ".join([self.base_id, *(source.name for source in self.registry.all())])
         raise NotFoundError(f"The model '{model}' does not exist on this server; served models: {known}. "
                             "GET /v1/models lists them.", param="model", code="model_not_found")
@@ -275,14 +299,14 @@ class ModelServer:
         return Prompt(ids, passages)
 
     async def record(self, project: str, model: str, response_id: str, request: dict, text: str,
-                     usage: dict) -> None:
+                     usage: dict, served: Served | None = None) -> None:
         """Store `project`'s exchange when the model has capture on; a storage failure is logged, not hidden."""
         if self.capture is None or not self.config.options(model).capture:
             return
         try:
             await asyncio.to_thread(lambda: self.capture.record(
                 response_id=response_id, model=model, request=request, response_text=text, usage=usage,
-                project=project))
+                project=project, served=served))
         except Exception:
             log.exception("could not capture response %s", response_id)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from hone.store.base import Base
@@ -59,6 +59,13 @@ class CapturedRequest(Base):
     response_text: Mapped[str] = mapped_column(Text)
     usage_json: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, index=True)
+    served_version: Mapped[str | None] = mapped_column(String(512), default=None, index=True)  # what answered
+    alias: Mapped[str | None] = mapped_column(String(64), default=None)  # the alias the request named
+    arm: Mapped[str | None] = mapped_column(String(16), default=None)  # primary | canary | shadow
+    latency_ms: Mapped[float | None] = mapped_column(Float, default=None)
+    finish_reason: Mapped[str | None] = mapped_column(String(16), default=None)  # stop | length
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer, default=None)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class Feedback(Base):
@@ -302,3 +309,55 @@ class AuditCheckpoint(Base):
     signature: Mapped[str] = mapped_column(String(128))  # hex of the Ed25519 signature
     public_key: Mapped[str] = mapped_column(String(64))  # hex of the raw Ed25519 public key
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+
+class AliasSplit(Base):
+    """A traffic split on an alias: a canary share (or a shadow copy) of its requests goes to a challenger."""
+
+    __tablename__ = "alias_splits"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project: Mapped[str] = project_column()
+    model: Mapped[str] = mapped_column(String(256))
+    alias: Mapped[str] = mapped_column(String(64))
+    champion_version: Mapped[str] = mapped_column(String(512))
+    challenger_version: Mapped[str] = mapped_column(String(512))
+    mode: Mapped[str] = mapped_column(String(16))  # canary | shadow
+    weight: Mapped[float] = mapped_column(Float)  # share of requests (canary) the challenger answers, 0..1
+    sticky: Mapped[str] = mapped_column(String(16))  # user | conversation | request
+    status: Mapped[str] = mapped_column(String(16))  # active | rolled_back | promoted | ended
+    settings_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    outcome_json: Mapped[str | None] = mapped_column(Text, default=None)
+    actor: Mapped[str | None] = mapped_column(String(128), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class LoopFiring(Base):
+    """One firing of a retraining trigger; (project, model, trigger, cause) is unique, so no cause fires twice."""
+
+    __tablename__ = "loop_firings"
+    __table_args__ = (UniqueConstraint("project", "model", "trigger", "cause", name="uq_loop_firings_cause"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project: Mapped[str] = project_column()
+    model: Mapped[str] = mapped_column(String(256))
+    trigger: Mapped[str] = mapped_column(String(32))  # drift | format_validity | rating | corrections | schedule
+    cause: Mapped[str] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(24))
+    job_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    dataset_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    details_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+
+class PeriodicLease(Base):
+    """Who runs a periodic check now: any number of workers share one schedule and never double-fire."""
+
+    __tablename__ = "periodic_leases"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(128), default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

@@ -50,6 +50,18 @@ class CapturedExchange:
     feedback: list[GivenFeedback]
 
 
+@dataclass(frozen=True)
+class Served:
+    """How a captured request was answered: by which version (None: the base), through which alias and arm
+    (primary, canary or shadow), in how many milliseconds, and why it stopped (stop or length)."""
+
+    version: str | None = None
+    alias: str | None = None
+    arm: str | None = None
+    latency_ms: float | None = None
+    finish_reason: str | None = None
+
+
 class CaptureStore:
     """Captured requests and feedback in hone's database (see `hone.store.database_url`); thread-safe."""
 
@@ -72,12 +84,17 @@ class CaptureStore:
             return self._scrubber.replace(text, findings) if findings else text
 
     def record(self, *, response_id: str, model: str, request: dict, response_text: str, usage: dict,
-               project: str = DEFAULT_PROJECT) -> None:
+               project: str = DEFAULT_PROJECT, served: Served | None = None) -> None:
         """Store one request of `project` and its answer, with PII masked in the messages (or prompt) and the
-        answer."""
+        answer, and what answered it how (`served`: version, alias, arm, latency, finish reason)."""
+        served = served or Served()
         row = CapturedRequest(response_id=response_id, project=project, model=model,
                               request_json=json.dumps(self._masked(request)),
-                              response_text=self.mask(response_text), usage_json=json.dumps(usage))
+                              response_text=self.mask(response_text), usage_json=json.dumps(usage),
+                              served_version=served.version, alias=served.alias, arm=served.arm,
+                              latency_ms=served.latency_ms, finish_reason=served.finish_reason,
+                              prompt_tokens=usage.get("prompt_tokens"),
+                              completion_tokens=usage.get("completion_tokens"))
         try:
             with session(self.engine) as db:
                 db.add(row)
