@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import re
 from functools import lru_cache
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 # Phrases of a model declining to answer; matched at the start of the reply, case-insensitively.
 REFUSAL = re.compile(r"^\W*(i'?m sorry|i am sorry|sorry, (but )?i|i can(no|')t (help|assist|answer|provide|do)|"
@@ -17,12 +17,17 @@ REFUSAL = re.compile(r"^\W*(i'?m sorry|i am sorry|sorry, (but )?i|i can(no|')t (
                      re.IGNORECASE)
 
 
+# A JSON Schema document: an object whose keys are the schema's keywords, its values any JSON.
+SchemaDocument = Annotated[dict[str, Any], WithJsonSchema({
+    "type": "object", "additionalProperties": {"type": ["string", "number", "boolean", "null", "array", "object"]}})]
+
+
 class OutputContract(BaseModel):
     """The shape a model's replies must have; give one of the three (or none: no format check)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    json_schema: dict[str, Any] | None = Field(None, description="Replies are JSON valid under this schema.")
+    json_schema: SchemaDocument | None = Field(None, description="Replies are JSON valid under this schema.")
     labels: list[str] | None = Field(None, description="Replies are exactly one of these labels (trimmed).")
     regex: str | None = Field(None, description="Replies match this regular expression in full.")
 
