@@ -103,6 +103,7 @@ def test_training_writes_the_run_directory_and_lowers_loss(tmp_path, tiny_model_
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 12 and len(summary["dataset_fingerprint"]) == 64
     assert len(summary["base_model_fingerprint"]) == 64
+    assert summary["device"].startswith("cpu (")  # the technical documentation names the compute used
     assert list((run_dir / "checkpoints").glob("step-*"))
 
     from peft import PeftModel

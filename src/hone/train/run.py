@@ -233,6 +233,13 @@ def start_tracking(config: TrainConfig, run_dir: Path, data: TrainingData):
     return tracker
 
 
+def device_description(device: torch.device) -> str:
+    """The device a run trained on, for its documentation: "cuda (NVIDIA H200)", "cpu (2 threads)"."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
 def write_summary(run_dir: Path, config: TrainConfig, data: TrainingData, trainer: Trainer, outcome: dict,
                   dtype: torch.dtype, wall_seconds: float, memory_estimate_gib: float,
                   mlflow_run_id: str | None) -> dict:
@@ -248,6 +255,7 @@ def write_summary(run_dir: Path, config: TrainConfig, data: TrainingData, traine
         "dataset_id": data.dataset_id,
         "code_version": code_version(),
         "frozen_dtype": str(dtype).replace("torch.", ""),
+        "device": device_description(next(trainer.model.parameters()).device),
         "examples": {"train": len(data.train), "eval": len(data.eval), "skipped": data.skipped,
                      "replay": data.replay.examples},
         "replay": data.replay.to_dict(),
