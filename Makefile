@@ -41,6 +41,8 @@ bench: install
 	$(PY) bench/curate_throughput.py
 	$(PY) bench/serve_throughput.py
 	$(PY) bench/jobs_overhead.py
+	$(PY) bench/pii_recall.py
+	$(PY) bench/drift_detection.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI
 from pydantic.json_schema import models_json_schema
 
 import hone
-from hone.api import admin, audit, captures, files, fine_tuning, inference, models, registry
+from hone.api import admin, audit, canary, captures, files, fine_tuning, inference, loop, models, monitor, registry
 from hone.api.auth import KeyAuth, require_caller
 from hone.api.errors import ErrorResponse, add_error_handlers, error_responses
 from hone.api.middleware import BodySizeLimit
@@ -30,7 +30,7 @@ STOP_GRACE_S = 90.0  # a running job writes its checkpoint before the server exi
 
 # Routers served under /v1, each request authenticated by API key (routes take `CurrentCaller` for the project).
 V1_ROUTERS = (models.router, inference.router, files.router, fine_tuning.router, audit.router, captures.router,
-              registry.router)
+              registry.router, canary.router, monitor.router, loop.router)
 # Routers open without a key.
 OPEN_ROUTERS = (admin.router,)
 # Bodies the routes document by reference (error bodies, stream chunks) rather than as their return type.

@@ -3,8 +3,10 @@ run time (vLLM's endpoints), and feedback on captured answers."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
@@ -31,6 +33,7 @@ from hone.api.protocol import (
     new_id,
 )
 from hone.errors import RequestError
+from hone.monitor.canary import conversation_key
 from hone.monitor.capture import Served
 from hone.serve.engine import SamplingParams
 from hone.serve.limits import Slot
@@ -38,6 +41,8 @@ from hone.serve.server import Generation, ModelServer, Prompt, Route
 
 router = APIRouter(tags=["inference"])
 GENERATION_ERRORS = error_responses(400, 404, 413, 429, 504)
+log = logging.getLogger("hone.api")
+_shadows: set[asyncio.Task] = set()  # running shadow generations, kept referenced until they finish
 
 
 def _stream_of(chunk_model: str) -> dict:
@@ -53,7 +58,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, server
                            me: Developer) -> ChatCompletion | Response:
     """OpenAI's chat completion, with passages from a retrieval index when the request or the model names one."""
     started = time.perf_counter()
-    route = await run_in_threadpool(server.route, body.model, me.project, body.user)
+    route = await run_in_threadpool(server.route, body.model, me.project, body.user,
+                                    conversation_key(body.conversation()))
     slot = server.requests.acquire()
     try:
         prompt = await server.chat_prompt(body.model, body.conversation(), index=body.index, top_k=body.top_k,
@@ -71,7 +77,8 @@ async def completions(body: CompletionRequest, request: Request, server: Current
                       me: Developer) -> TextCompletion | Response:
     """OpenAI's (legacy) text completion of one prompt."""
     started = time.perf_counter()
-    route = await run_in_threadpool(server.route, body.model, me.project, body.user)
+    route = await run_in_threadpool(server.route, body.model, me.project, body.user,
+                                    conversation_key([{"role": "user", "content": body.prompt_text()}]))
     slot = server.requests.acquire()
     try:
         prompt = await server.text_prompt(body.model, body.prompt_text(), index=body.index, top_k=body.top_k,
@@ -126,6 +133,10 @@ async def _respond(server: ModelServer, request: Request, slot: Slot, body: Gene
     params = _sampling(server, body, prompt, prompt_param)
     generation = Generation(server, prompt.ids, route.adapter, params, request.is_disconnected)
     response_id = new_id("chatcmpl" if chat else "cmpl")
+
+    def shadow() -> None:
+        _start_shadow(server, route, prompt, params, body, response_id, project)
+
     if not body.stream:
         try:
             text, finish_reason = await generation.collect()
@@ -133,9 +144,10 @@ async def _respond(server: ModelServer, request: Request, slot: Slot, body: Gene
             slot.release()
         if finish_reason is None:
             return Response(status_code=204)  # the client is gone; nothing to answer or capture
+        shadow()
         usage = Usage.of(generation.prompt_tokens, generation.completion_tokens)
         await server.record(project, body.model, response_id, body.model_dump(exclude_unset=True), text,
-                            usage.model_dump(), _served(route, started, finish_reason))
+                            usage.model_dump(), _served(route, started, finish_reason), split=route.split is not None)
         sources = prompt.passages or None
         if chat:
             return ChatCompletion(id=response_id, created=int(time.time()), model=body.model, usage=usage,
@@ -145,13 +157,13 @@ async def _respond(server: ModelServer, request: Request, slot: Slot, body: Gene
                               choices=[CompletionChoice(text=text, finish_reason=finish_reason)], sources=sources)
     writer = ChunkWriter(response_id, body.model, chat, body.include_usage_in_stream())
     return StreamingResponse(_stream(server, generation, slot, writer, body, response_id, prompt.passages,
-                                     project, route, started),
+                                     project, route, started, shadow),
                              media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 async def _stream(server: ModelServer, generation: Generation, slot: Slot, writer: ChunkWriter,
                   body: GenerationFields, response_id: str, passages: list[dict], project: str, route: Route,
-                  started: float) -> AsyncIterator[str]:
+                  started: float, shadow: Callable[[], None]) -> AsyncIterator[str]:
     try:
         if first := writer.start():
             yield first
@@ -161,12 +173,45 @@ async def _stream(server: ModelServer, generation: Generation, slot: Slot, write
             if event.text:
                 yield writer.text(event.text)
             if event.finish_reason:
+                shadow()
                 usage = Usage.of(generation.prompt_tokens, generation.completion_tokens)
                 await server.record(project, body.model, response_id, body.model_dump(exclude_unset=True),
-                                    "".join(parts), usage.model_dump(), _served(route, started, event.finish_reason))
+                                    "".join(parts), usage.model_dump(), _served(route, started, event.finish_reason),
+                                    split=route.split is not None)
                 yield writer.finish(event.finish_reason, usage, passages)
     except RequestError as error:
         yield sse_error(APIError.from_request_error(error))
     finally:
         generation.cancel()
         slot.release()
+
+
+def _start_shadow(server: ModelServer, route: Route, prompt: Prompt, params: SamplingParams, body: GenerationFields,
+                  response_id: str, project: str) -> None:
+    """Under a shadow split, answer a copy of the request with the challenger in the background, after the client's
+    answer is complete (so it never delays or changes it, and holds no client slot). Dropped while the server is
+    at its concurrency limit: clients come first."""
+    if route.shadow is None or server.requests.in_flight >= server.requests.limit:
+        return
+    task = asyncio.create_task(_shadow(server, route, prompt, params, body, response_id, project))
+    _shadows.add(task)
+    task.add_done_callback(_shadows.discard)
+
+
+async def _shadow(server: ModelServer, route: Route, prompt: Prompt, params: SamplingParams, body: GenerationFields,
+                  response_id: str, project: str) -> None:
+    """The challenger's reply to a shadow copy, captured as arm `shadow` under `{response_id}-shadow`."""
+    started = time.perf_counter()
+    shadow = Route(route.shadow_adapter, route.shadow, route.alias, "shadow", route.split)
+
+    async def stays() -> bool:
+        return False
+
+    try:
+        generation = Generation(server, prompt.ids, shadow.adapter, params, stays)
+        text, finish_reason = await generation.collect()
+        usage = Usage.of(generation.prompt_tokens, generation.completion_tokens)
+        await server.record(project, body.model, f"{response_id}-shadow", body.model_dump(exclude_unset=True), text,
+                            usage.model_dump(), _served(shadow, started, finish_reason), split=True)
+    except Exception:
+        log.exception("shadow generation for %s failed", response_id)

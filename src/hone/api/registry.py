@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hone.api.auth import Admin, Approver, Developer, Viewer
 from hone.api.errors import error_responses
+from hone.monitor.loop_settings import LoopChange
 from hone.registry.projects import Projects, ProjectSettings
 from hone.registry.promotion import Promotions
 from hone.registry.versions import Registry
@@ -147,6 +148,17 @@ class PolicyChange(BaseModel):
     exempt_aliases: list[str] | None = None
 
 
+class CanaryChange(BaseModel):
+    """The canary settings to change (those left out keep their value)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    auto_promote: bool | None = None
+    alpha: float | None = None
+    min_samples: int | None = None
+    latency_tolerance: float | None = None
+
+
 class ProjectChange(BaseModel):
     """The project settings to change; see `GET /v1/projects/current` for all of them."""
 
@@ -155,6 +167,8 @@ class ProjectChange(BaseModel):
     intended_purpose: str | None = None
     provider: str | None = None
     promotion: PolicyChange | None = None
+    canary: CanaryChange | None = None
+    loop: LoopChange | None = None
 
 
 NO_COMMENT = DecisionCreate()  # the body may be left out

@@ -9,6 +9,7 @@ import typer
 from hone.cli import (
     advise,
     audit,
+    canary,
     capture,
     chat,
     data,
@@ -18,7 +19,9 @@ from hone.cli import (
     index,
     jobs,
     keys,
+    loop,
     models,
+    monitor,
     projects,
     registry,
     serve,
@@ -51,6 +54,9 @@ app.command("worker")(jobs.worker)
 app.add_typer(registry.app, name="registry")
 app.add_typer(projects.app, name="projects")
 app.add_typer(audit.app, name="audit")
+app.add_typer(monitor.app, name="monitor")
+app.add_typer(canary.app, name="canary")
+app.add_typer(loop.app, name="loop")
 
 
 def main() -> None:

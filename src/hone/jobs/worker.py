@@ -45,6 +45,7 @@ class WorkerSettings:
     lease_s: float = 30.0  # a job whose worker was silent this long is taken over by another worker
     poll_s: float = 1.0  # how often a running job's progress is read and its lease renewed
     idle_poll_s: float = 1.0  # how often an idle worker looks for a queued job
+    loop_interval_s: float = 60.0  # how often the retraining loop's checks run (one worker at a time does)
 
 
 def worker_name() -> str:
@@ -128,6 +129,7 @@ class Worker:
         self.name = name or worker_name()
         self.stopping = threading.Event()
         self._nudged = threading.Event()
+        self._periodic = None  # hone.monitor.loop.PeriodicChecks, made on the first run
 
     # ---- the loop ----
 
@@ -135,6 +137,7 @@ class Worker:
         """Claim and run jobs until `stop()` (or `max_jobs` have run); returns how many ran."""
         done = 0
         while not self.stopping.is_set() and (max_jobs is None or done < max_jobs):
+            self._periodic_checks()
             job_id = self.claim()
             if job_id is None:
                 self._nudged.wait(self.settings.idle_poll_s)
@@ -146,7 +149,21 @@ class Worker:
                 log.exception("job %s failed in the worker", job_id)
                 self._fail_unexpectedly(job_id)
             done += 1
+            self._periodic_checks(soon=True)  # a retrain of the loop that just ended is evaluated without waiting
+        if self._periodic is not None:
+            self._periodic.join(timeout=self.settings.loop_interval_s)
         return done
+
+    def _periodic_checks(self, soon: bool = False) -> None:
+        """Start the retraining loop's checks when due, in their own thread (claiming never waits on them)."""
+        try:
+            if self._periodic is None:
+                from hone.monitor.loop import PeriodicChecks
+
+                self._periodic = PeriodicChecks(self.db_url, self.name, self.settings.loop_interval_s)
+            self._periodic.maybe_start(soon=soon)
+        except Exception:  # the loop's trouble never stops the worker from training
+            log.exception("the retraining loop's checks could not start")
 
     @property
     def actor(self) -> str:

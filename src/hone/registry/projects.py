@@ -16,6 +16,7 @@ from sqlalchemy import func, select, union
 from hone import audit
 from hone.errors import HoneError, RequestError
 from hone.monitor.contracts import OutputContract
+from hone.monitor.loop_settings import LoopSettings
 from hone.store import engine_for, session
 from hone.store.tables import (
     ApiKey,
@@ -58,6 +59,20 @@ class MonitorSettings(BaseModel):
                                                  "support): the shape its replies must have, for format validity.")
 
 
+class CanarySettings(BaseModel):
+    """How canary and shadow splits judge a challenger (`hone canary`), and whether a passing one is promoted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    auto_promote: bool = Field(False, description="Promote a challenger that passed its canary when the promotion "
+                               "policy asks no approvals; otherwise the promotion is only offered.")
+    alpha: float = Field(0.01, gt=0, lt=0.5, description="Family-wise significance level of the three tests "
+                         "(format validity, rating, latency), split between them (Bonferroni).")
+    min_samples: int = Field(30, ge=5, description="Observations each arm needs before a test runs.")
+    latency_tolerance: float = Field(0.2, ge=0, description="A challenger slower than the champion by at most "
+                                     "this share (0.2: 20%) is not counted as worse.")
+
+
 class ProjectSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -67,6 +82,9 @@ class ProjectSettings(BaseModel):
                                  "the market or puts them into service.")
     promotion: PromotionPolicy = PromotionPolicy()
     monitor: MonitorSettings = MonitorSettings()
+    canary: CanarySettings = CanarySettings()
+    loop: LoopSettings = Field(LoopSettings(), description="The retraining loop: triggers, the retrain's "
+                               "data and job, challenger vs champion, canary (off by default).")
 
 
 def check_project_name(name: str) -> str:

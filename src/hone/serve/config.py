@@ -84,6 +84,9 @@ class ServeConfig(Section):
     device: str = Field("auto", description="'auto' (CUDA when present, else CPU), 'cpu' or 'cuda:N'.")
     threads: int | None = Field(None, ge=1, description="CPU threads for the model; default: PyTorch's choice.")
     database: str | None = Field(None, description="SQLAlchemy URL for API keys and capture; default SQLite.")
+    capture_fine_tuned: bool = Field(True, description="Capture (PII masked) every request to a registered "
+                                     "fine-tuned model or MODEL@ALIAS: the monitor, drift and the retraining loop "
+                                     "read this traffic. The base and configured adapters follow `models:`.")
 
     @model_validator(mode="after")
     def _check_names(self) -> ServeConfig:

@@ -23,6 +23,7 @@ from hone.data.render import render_prompt
 from hone.errors import HoneError, NotFoundError, RequestError
 from hone.models import fingerprint, frozen_dtype, load_model, load_tokenizer, local_model_dir
 from hone.models.finetuned import default_device
+from hone.monitor.canary import Canaries
 from hone.registry.promotion import Promotions
 from hone.registry.versions import Registry
 from hone.retrieval.prompt import rag_messages, rag_text, retrieval_query
@@ -59,12 +60,17 @@ class Prompt:
 @dataclass(frozen=True)
 class Route:
     """What answers one request: the engine's adapter (None: the base), the registered version or adapter that is
-    (None: the base), the alias the request named, and the arm of the alias's traffic split."""
+    (None: the base), the alias the request named, and the arm of the alias's traffic split. Under an active split,
+    `split` is its id (the exchange is captured for the comparison), and a shadow split names the challenger version
+    and adapter that also answer a copy of the request in the background."""
 
     adapter: str | None
     version: str | None
     alias: str | None = None
     arm: str | None = None
+    split: str | None = None
+    shadow: str | None = None
+    shadow_adapter: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,7 @@ class ModelServer:
         self._indexes: dict[str, object] = {}
         self._index_lock = threading.Lock()
         self.fine_tuned_registry = Registry(config.database)
+        self.canaries = Canaries(config.database)
         self._fine_tuned: dict[str, str] = {}  # fine-tuned model name -> its project
 
     def start(self) -> None:
@@ -118,7 +125,8 @@ class ModelServer:
         self.engine.stop()
 
     def _capture_store(self):
-        if not any(self.config.options(name).capture for name in [self.base_id, *self.config.adapters]):
+        configured = any(self.config.options(name).capture for name in [self.base_id, *self.config.adapters])
+        if not (configured or self.config.capture_fine_tuned):
             return None
         from hone.monitor.capture import CaptureStore  # loads Presidio: only when something is captured
 
@@ -144,13 +152,26 @@ class ModelServer:
             self._base_fingerprint = fingerprint(self.config.base)
         return self._base_fingerprint
 
-    def route(self, model: str, project: str = DEFAULT_PROJECT, user: str | None = None) -> Route:
+    def route(self, model: str, project: str = DEFAULT_PROJECT, user: str | None = None,
+              conversation: str | None = None) -> Route:
         """What answers a request naming `model`: the adapter, the version it is, and for `MODEL@ALIAS` the alias
-        (followed on every request, so a promotion or rollback needs no restart) and the arm."""
+        (followed on every request, so a promotion or rollback needs no restart) and the arm: under an active
+        canary split the challenger answers a stable share of users (`user`) or conversations (`conversation`,
+        a key of it), under a shadow split the champion answers and the Route names the challenger as the shadow."""
         if "@" in model and not model.startswith("ft:"):
             name, alias = model.rsplit("@", 1)
             version = Promotions(self.config.database).resolve_alias(project, name, alias)
-            return Route(self.adapter_for(version, project), version, alias, "primary")
+            split = self.canaries.active(project, name, alias)
+            if split is None or split.champion_version != version:  # a moved alias ends the split's routing
+                return Route(self.adapter_for(version, project), version, alias, "primary")
+            challenger = split.challenger_takes(user, conversation)
+            if split.mode == "canary" and challenger:
+                return Route(self.adapter_for(split.challenger_version, project), split.challenger_version, alias,
+                             "canary", split.id)
+            if split.mode == "shadow" and challenger:
+                return Route(self.adapter_for(version, project), version, alias, "primary", split.id,
+                             split.challenger_version, self.adapter_for(split.challenger_version, project))
+            return Route(self.adapter_for(version, project), version, alias, "primary", split.id)
         adapter = self.adapter_for(model, project)
         return Route(adapter, adapter)
 
@@ -299,16 +320,27 @@ class ModelServer:
         return Prompt(ids, passages)
 
     async def record(self, project: str, model: str, response_id: str, request: dict, text: str,
-                     usage: dict, served: Served | None = None) -> None:
-        """Store `project`'s exchange when the model has capture on; a storage failure is logged, not hidden."""
-        if self.capture is None or not self.config.options(model).capture:
+                     usage: dict, served: Served | None = None, split: bool = False) -> None:
+        """Store `project`'s exchange when the model has capture on, or when it belongs to an alias split under
+        comparison (`split`); a storage failure is logged, not hidden."""
+        if not (split or self.config.options(model).capture or self._monitored(served)):
             return
+        if self.capture is None:
+            from hone.monitor.capture import CaptureStore
+
+            self.capture = CaptureStore(self.config.database)
         try:
             await asyncio.to_thread(lambda: self.capture.record(
                 response_id=response_id, model=model, request=request, response_text=text, usage=usage,
                 project=project, served=served))
         except Exception:
             log.exception("could not capture response %s", response_id)
+
+    def _monitored(self, served: Served | None) -> bool:
+        """Whether the request went to a registered fine-tuned model (by name or alias) the server captures for
+        monitoring."""
+        return self.config.capture_fine_tuned and served is not None and (
+            served.alias is not None or (served.version or "").startswith("ft:"))
 
     async def feedback(self, project: str, response_id: str, rating: int | None, correction: str | None) -> None:
         """Attach a rating and/or a corrected answer to a response `project` produced (another project's is 404)."""

@@ -325,7 +325,7 @@ class AliasSplit(Base):
     mode: Mapped[str] = mapped_column(String(16))  # canary | shadow
     weight: Mapped[float] = mapped_column(Float)  # share of requests (canary) the challenger answers, 0..1
     sticky: Mapped[str] = mapped_column(String(16))  # user | conversation | request
-    status: Mapped[str] = mapped_column(String(16))  # active | rolled_back | promoted | ended
+    status: Mapped[str] = mapped_column(String(16))  # active | rolled_back | passed | promoted | ended
     settings_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
     outcome_json: Mapped[str | None] = mapped_column(Text, default=None)
     actor: Mapped[str | None] = mapped_column(String(128), default=None)
