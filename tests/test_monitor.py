@@ -205,10 +205,10 @@ def test_drift_is_silent_in_distribution_and_alarms_on_a_topic_shift(support_tra
     page = render_html(health("default", "support", db_url=db, since=T0, until=T0 + timedelta(hours=2)), found)
     assert "Prompt drift of" in page and "DRIFT" in page and "alarm threshold" in page
 
-    hits = drift_module._reference.cache_info().hits
+    hits = drift_module.training_reference.cache_info().hits
     latest = latest_drift("default", "support", db_url=db)
     assert latest is not None and latest.drifted and latest.window_size == 100
-    assert drift_module._reference.cache_info().hits == hits + 1  # the reference was embedded once
+    assert drift_module.training_reference.cache_info().hits == hits + 1  # the reference was embedded once
     assert latest_drift("default", "nosuch", db_url=db) is None
 
 
@@ -242,3 +242,16 @@ def test_http_report_and_drift_roles_and_other_projects(support_traffic, tiny_mo
     assert shifted_admin["drifted"] and shifted_admin["examples"]
     assert shifted_viewer["drifted"] and shifted_viewer["examples"] == [] and as_viewer["examples_hidden"]
     assert any("only admin keys" in note for note in as_viewer["notes"])
+
+
+def test_the_loop_drift_trigger_fires_once_on_the_shifted_window(support_traffic):
+    from hone.monitor import loop
+    from hone.store.tables import LoopFiring
+
+    db = support_traffic
+    Projects(db).update("default", {"loop": {"enabled": True, "triggers": {"drift": True}}})
+    (fired,) = loop.check_triggers("default", "support", db_url=db, actor="test")
+    assert fired.trigger == "drift" and fired.figure > fired.threshold  # the classifier's AUC over its threshold
+    assert loop.check_triggers("default", "support", db_url=db, actor="test") == []  # the same window: once
+    with session(Registry(db).engine) as tx:
+        assert [f.trigger for f in tx.query(LoopFiring).all()] == ["drift"]

@@ -283,10 +283,16 @@ def _observe(db, settings: LoopSettings, contracts: dict, project: str, model: s
     return found
 
 
+# The newest drift window judged per (project, model) in this process: a window is embedded once, not every minute.
+_JUDGED_WINDOWS: dict[tuple[str, str], str] = {}
+
+
 def _drift(db, project: str, model: str, champion: Champion) -> Observation | None:
     """Prompt drift of the newest complete window of the champion's traffic since the last drift firing, against
-    the champion's training prompts (hone.monitor.drift's calibrated defaults)."""
+    the champion's training prompts: the same reference (sampled, embedded once per process) and prompt text the
+    monitor's `hone monitor drift` uses, with hone.monitor.drift's calibrated defaults."""
     from hone.monitor.drift import DEFAULT_CONFIG, embed_prompts, prompt_drift
+    from hone.monitor.traffic_drift import request_prompt, training_reference
 
     since = _since(db, project, model, "drift").get("request", 0)
     rows = db.execute(select(CapturedRequest.id, CapturedRequest.request_json)
@@ -294,32 +300,24 @@ def _drift(db, project: str, model: str, champion: Champion) -> Observation | No
                              CapturedRequest.served_version == champion.version.name, CapturedRequest.id > since)
                       .order_by(CapturedRequest.id)).all()
     size = DEFAULT_CONFIG.window_size
-    if len(rows) < size or champion.job is None:
+    if len(rows) < size or not champion.version.training_file_sha256:
         return None
     window = rows[(len(rows) // size - 1) * size:][:size]
     cause = f"drift:{window[0].id}"
-    if db.scalar(select(LoopFiring.id).where(LoopFiring.project == project, LoopFiring.model == model,
-                                             LoopFiring.trigger == "drift", LoopFiring.cause == cause)):
-        return None  # judged already: the embeddings are not computed again every minute
-    from hone.data.formats import load_chat_examples
-    from hone.jobs.service import job_dir
-
-    train = job_dir(champion.job.id) / "train.jsonl"
-    if not train.is_file():
-        return None
-    reference = [_user_text(e.messages) for e in load_chat_examples(train)]
-    prompts = [_user_text(_prompt_messages(json.loads(r.request_json))) for r in window]
-    result = prompt_drift(embed_prompts(reference), embed_prompts(prompts))
+    if _JUDGED_WINDOWS.get((project, model)) == cause:
+        return None  # judged already (drifted or not): the embeddings are not computed again every minute
+    _JUDGED_WINDOWS[(project, model)] = cause
+    reference = training_reference(champion.version.name, champion.version.training_file_sha256,
+                                   DEFAULT_CONFIG.reference_sample)
+    if len(reference.replies) < DEFAULT_CONFIG.min_window:
+        return None  # too little training data to compare with; `hone monitor drift` says so
+    result = prompt_drift(reference.embeddings, embed_prompts([request_prompt(r.request_json) for r in window]))
     if result.status != "ok" or not result.drifted:
         return None
     auc = result.classifier.auc if result.classifier else None
     return Observation("drift", cause, round(auc, 4) if auc is not None else None,
                        round(result.classifier.threshold, 4) if result.classifier else None,
                        "prompt drift: " + "; ".join(result.reasons), {"request": window[-1].id})
-
-
-def _user_text(messages: list[dict]) -> str:
-    return "\n".join(m["content"] for m in messages if m.get("role") == "user")
 
 
 def _blocker(db, project: str, model: str) -> str | None:

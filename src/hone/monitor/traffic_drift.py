@@ -119,7 +119,7 @@ def _content(content) -> str:
     return ""
 
 
-def _request_prompt(request_json: str) -> str:
+def request_prompt(request_json: str) -> str:
     """The user turns of a captured request (a completion prompt counts as one user turn)."""
     request = json.loads(request_json)
     if isinstance(request.get("messages"), list):
@@ -141,7 +141,7 @@ def _token_counts(texts: list[str]) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _reference(version: str, sha256: str, sample: int) -> _Reference:
+def training_reference(version: str, sha256: str, sample: int) -> _Reference:
     """The version's training prompts (embedded) and replies, at most `sample` examples drawn by a fixed seed;
     cached: the same version and sample always give the same reference."""
     from hone.data.formats import Example, read_dataset
@@ -213,7 +213,7 @@ def traffic_drift(project: str, model: str, *, db_url: str | None = None, since:
             continue
         part = traffic.setdefault(row.served_version, _Traffic())
         part.created_at.append(as_utc(row.created_at))
-        part.prompts.append(_request_prompt(row.request_json))
+        part.prompts.append(request_prompt(row.request_json))
         part.replies.append(row.response_text)
     if base:
         notes.append(f"{base} requests answered by the base model are not checked: it has no training data")
@@ -232,7 +232,13 @@ def traffic_drift(project: str, model: str, *, db_url: str | None = None, since:
                                          requests=len(part.prompts), windows=[],
                                          note="the version has no training file in its lineage"))
             continue
-        reference = _reference(version, sha256, config.reference_sample)
+        reference = training_reference(version, sha256, config.reference_sample)
+        if len(reference.replies) < config.min_window:
+            versions.append(VersionDrift(version=version, training_file_sha256=sha256,
+                                         reference_size=len(reference.replies), requests=len(part.prompts),
+                                         windows=[], note=f"its training data has {len(reference.replies)} "
+                                         f"prompts: drift needs at least {config.min_window} to compare with"))
+            continue
         windows = [_check(n + skipped, part, start, end, reference, embedded, position, version, contract, config)
                    for n, (start, end) in enumerate(complete)]
         checked = (skipped + len(complete)) * window_size

@@ -7,6 +7,7 @@ advisory lock, SQLite its write lock, for the whole check-and-upgrade transactio
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,9 +20,11 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.script.revision import RevisionError
 from sqlalchemy import Connection, Engine, inspect, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from hone.errors import HoneError
+
+MIGRATION_WAIT_S = 120  # how long a starting process waits for another's migration of the same SQLite file
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 FIRST_REVISION = "0001"
@@ -83,7 +86,20 @@ def schema_state(engine: Engine) -> SchemaState:
 
 
 def upgrade(engine: Engine) -> SchemaUpgrade:
-    """Apply every pending migration, stamping a database from before migrations first; one process at a time."""
+    """Apply every pending migration, stamping a database from before migrations first; one process at a time.
+
+    Processes starting together on one SQLite file queue for its write lock; one busy timeout may be shorter than
+    another's whole migration on a loaded machine, so a locked database is waited for up to MIGRATION_WAIT_S."""
+    deadline = time.monotonic() + MIGRATION_WAIT_S
+    while True:
+        try:
+            return _upgrade_once(engine)
+        except OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise _unreachable(engine, error) from None
+
+
+def _upgrade_once(engine: Engine) -> SchemaUpgrade:
     try:
         with engine.connect() as connection:
             state = _state(connection)
@@ -97,6 +113,8 @@ def upgrade(engine: Engine) -> SchemaUpgrade:
                 if state.pending:
                     _apply(connection, state)
                 after = _revision(connection)
+    except OperationalError:
+        raise  # `upgrade` waits out a locked database
     except SQLAlchemyError as error:
         raise _unreachable(engine, error) from None
     return SchemaUpgrade(before=state.revision, after=after, applied=state.pending,
