@@ -343,3 +343,12 @@ def test_the_loop_over_http_status_for_viewers_checks_for_approvers_and_settings
         ran = call("POST", "/loop/check", "approver", json={})
         assert ran.status_code == 200 and ran.json()["ran"] is True and ran.json()["errors"] == []
     assert verify(db).ok
+
+
+def test_a_judged_traffic_slice_is_decided_by_the_judges_wins_and_losses_not_by_the_champions_replies():
+    assert loop.pairwise_verdict({"wins": 14, "losses": 2, "ties": 4})[0] == "SHIP"
+    assert loop.pairwise_verdict({"wins": 1, "losses": 12, "ties": 0})[0] == "REGRESSION"
+    decision, reasons = loop.pairwise_verdict({"wins": 6, "losses": 4, "ties": 10})
+    assert decision == "NOT WORTH IT" and "6 wins, 4 losses, 10 ties" in reasons[0]
+    assert loop.pairwise_verdict({"wins": 0, "losses": 0, "ties": 5})[0] == "INCOMPLETE"
+    assert loop.pairwise_verdict(None)[0] == "INCOMPLETE"

@@ -667,12 +667,31 @@ def _judged(project: str, model: str, challenger: str, champion: Champion, setti
                         judge=JudgeConfig(url=judge.url, model=judge.model, api_key_env=judge.api_key_env,
                                           rubric=False, pairwise=True),
                         forgetting={"enabled": False}, verdict={"baseline": "champion", "candidate": "challenger"})
-    verdict = evaluate(config)["verdict"]
+    report = evaluate(config)
+    decision, reasons = pairwise_verdict(((report.get("judge") or {}).get("pairwise") or {}).get("challenger"))
     with session(engine_for(db_url)) as db:
         record_evaluation(db, project=project, version_name=challenger, against=champion.version.name,
-                          summary={"verdict": verdict["decision"], "reasons": verdict["reasons"],
-                                   "notes": verdict["notes"], "test_set": "traffic_judged"}, actor=actor)
-    return verdict["decision"]
+                          summary={"verdict": decision, "reasons": reasons, "test_set": "traffic_judged",
+                                   "report_json": report["paths"]["json"]}, actor=actor)
+    return decision
+
+
+def pairwise_verdict(pairwise: dict | None, alpha: float = 0.05) -> tuple[str, list[str]]:
+    """The verdict of a pairwise judge (both orders; a verdict that flips with the order is a tie): SHIP when the
+    challenger wins significantly more often than it loses (two-sided sign test over wins and losses, ties left
+    out), REGRESSION when it loses significantly more often, else NOT WORTH IT; INCOMPLETE without judgements.
+    The replies captured from the champion are not references, so no metric against them is used."""
+    from scipy.stats import binomtest
+
+    if not pairwise or not (pairwise.get("wins", 0) + pairwise.get("losses", 0)):
+        return "INCOMPLETE", ["the judge gave no win or loss (it failed, or every pair was a tie)"]
+    wins, losses, ties = pairwise["wins"], pairwise["losses"], pairwise.get("ties", 0)
+    p_value = binomtest(wins, wins + losses, 0.5).pvalue
+    figures = f"{wins} wins, {losses} losses, {ties} ties against the champion (sign test p={p_value:.3g})"
+    if p_value < alpha:
+        return ("SHIP", [f"the judge preferred the challenger: {figures}"]) if wins > losses else \
+            ("REGRESSION", [f"the judge preferred the champion: {figures}"])
+    return "NOT WORTH IT", [f"no significant preference: {figures}"]
 
 
 def _roll_out(db_url: str | None, settings: LoopSettings, project: str, model: str, challenger: str,
