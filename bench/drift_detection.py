@@ -44,8 +44,11 @@ Detector = Callable[[np.ndarray, np.ndarray, int], bool]
 
 def embedded_pools(args: argparse.Namespace) -> dict[str, np.ndarray]:
     """Embeddings of the reference, the in-distribution pool and the two shifted topics (cached in --cache)."""
+    sizes = np.array([args.reference, args.pool, args.shift_pool])
     if args.cache and Path(args.cache).is_file():
-        return dict(np.load(args.cache))
+        cached = dict(np.load(args.cache))
+        if np.array_equal(cached.pop("sizes", None), sizes):  # a cache of other pool sizes is embedded again
+            return cached
     texts = {
         "reference": prompts("support", args.reference, seed=0),
         "support": prompts("support", args.pool, seed=1),
@@ -54,7 +57,7 @@ def embedded_pools(args: argparse.Namespace) -> dict[str, np.ndarray]:
     }
     pools = {name: embed_prompts(batch).vectors for name, batch in texts.items()}
     if args.cache:
-        np.savez(args.cache, **pools)
+        np.savez(args.cache, sizes=sizes, **pools)
     return pools
 
 
@@ -134,7 +137,7 @@ def measure(detect: Detector, pools: dict[str, np.ndarray], args: argparse.Names
             found = detection_delays(counted, pools, topic, share, args)
             hits = sorted(d for d in found if d is not None)
             delays[f"{topic}@{share:g}"] = {
-                "median": hits[len(hits) // 2] if len(hits) * 2 > len(found) else None,
+                "median": hits[len(found) // 2] if len(hits) * 2 > len(found) else None,  # misses count as never
                 "worst": max(hits) if len(hits) == len(found) else None,
                 "flagged_within_200": sum(d <= 200 for d in hits) / len(found),
             }

@@ -268,6 +268,10 @@ def test_canary_and_shadow_over_a_real_socket(served):
     assert champion_text != challenger_text
     body = {"model": "support", "challenger": "2", "weight": 0.5, "sticky": "user", "window_requests": 100}
     assert call("developer", "POST", "/monitor/canaries", **body).status_code == 403  # approvers only
+    for bad in ({"weight": 0}, {"weight": 2}, {"mode": "mirror"}, {"surprise": 1}):
+        refused = call("approver", "POST", "/monitor/canaries", **(body | bad))
+        assert refused.status_code == 400, (bad, refused.text)
+    assert call("rival", "POST", "/monitor/canaries", **body).status_code == 404  # no support model there
     started = call("approver", "POST", "/monitor/canaries", **body)
     assert started.status_code == 200, started.text
     split = started.json()["id"]
@@ -290,6 +294,8 @@ def test_canary_and_shadow_over_a_real_socket(served):
     assert call("rival", "GET", f"/monitor/canaries/{split}").status_code == 404
     assert call("rival", "POST", f"/monitor/canaries/{split}/stop").status_code == 404
     assert call("viewer", "GET", "/monitor/canaries").json()["data"][0]["id"] == split
+    assert call("developer", "POST", f"/monitor/canaries/{split}/check").status_code == 403
+    assert call("rival", "POST", f"/monitor/canaries/{split}/check").status_code == 404
     assert call("approver", "POST", f"/monitor/canaries/{split}/check").json()["action"] == "holding"
     assert call("approver", "POST", f"/monitor/canaries/{split}/stop").json()["status"] == "ended"
     time.sleep(0.3)

@@ -23,7 +23,7 @@ from hone.monitor.capture import CaptureStore, Served
 from hone.registry.projects import Projects
 from hone.registry.promotion import Promotions
 from hone.store import engine_for, session
-from hone.store.tables import AliasSplit, LoopFiring, PeriodicLease, VersionEvaluation, utc_now
+from hone.store.tables import AliasSplit, Feedback, LoopFiring, PeriodicLease, VersionEvaluation, utc_now
 
 WORDS = ("refund order parcel invoice account password delivery courier warranty receipt discount coupon address "
          "billing shipment tracking return exchange voucher payment balance subscription upgrade cancel renewal "
@@ -104,8 +104,10 @@ def test_corrections_fire_once_into_a_curated_dataset_and_a_job_that_blocks_the_
     (fired,) = loop.check_triggers("default", "support", actor=ACTOR)
     assert loop.check_triggers("default", "support", actor=ACTOR) == []  # the same cause does not fire again
     assert fired.status == "training", fired.error
-    assert (fired.trigger, fired.cause, fired.figure, fired.threshold) == ("corrections", fired.cause, 6, 5)
-    assert fired.cause.startswith("correction:") and len(firings()) == 1
+    with session(engine_for(None)) as db:  # the cause is the 5th correction: the one that reached the threshold
+        fifth = db.scalars(select(Feedback.id).where(Feedback.correction.is_not(None)).order_by(Feedback.id)).all()[4]
+    assert (fired.trigger, fired.cause, fired.figure, fired.threshold) == ("corrections", f"correction:{fifth}", 6, 5)
+    assert len(firings()) == 1
 
     details = json.loads(firings()[0].details_json)
     manifest = json.loads((tmp_path / "hone-home" / "loop" / "default" / "support" / fired.id / "dataset" /
@@ -271,19 +273,19 @@ def test_the_full_loop_over_http_corrections_retrain_evaluate_canary(service, ti
     # the canary arm regresses (planted: half its replies break the contract): rolled back, the champion keeps it
     from test_canary import traffic
 
-    from hone.monitor.canary import Canaries, check_all
+    from hone.monitor.canary import Canaries
 
     Projects().update("default", {"monitor": {"contracts": {"support": {"labels": ["yes", "no"]}}},
                                   "canary": {"auto_promote": True}}, actor=ACTOR)
     traffic(None, champion, "primary", 60, valid=0.95)
     traffic(None, split.challenger_version, "canary", 60, valid=0.5, seed=1)
-    assert [d.action for d in check_all(None, ACTOR)] == ["rolled_back"]
+    assert [d.action for d in Canaries().check_all(actor=ACTOR)] == ["rolled_back"]
     assert Promotions().resolve_alias("default", "support", "champion") == champion
     # a challenger that holds up (planted improvement) past its window is promoted
     Canaries().start("default", "support", "champion", split.challenger_version, window_requests=60, actor=ACTOR)
     traffic(None, champion, "primary", 80, valid=0.9, seed=2)
     traffic(None, split.challenger_version, "canary", 80, valid=1.0, seed=3)
-    assert [d.action for d in check_all(None, ACTOR)] == ["promoted"]
+    assert [d.action for d in Canaries().check_all(actor=ACTOR)] == ["promoted"]
     assert Promotions().resolve_alias("default", "support", "champion") == split.challenger_version
 
     actions = {entry.action for entry in entries(project="default", limit=1000)}
@@ -339,6 +341,9 @@ def test_the_loop_over_http_status_for_viewers_checks_for_approvers_and_settings
                     ).status_code == 400
         status = call("GET", "/loop/status", "viewer").json()
         assert status == {"object": "loop.status", "project": "default", "enabled": True, "models": []}
+        missing = call("GET", "/loop/status?model=support", "viewer")  # no such model in this project
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+        assert call("POST", "/loop/check", "approver", json={"force": True, "now": 1}).status_code == 400
         assert call("POST", "/loop/check", "developer", json={}).status_code == 403
         ran = call("POST", "/loop/check", "approver", json={})
         assert ran.status_code == 200 and ran.json()["ran"] is True and ran.json()["errors"] == []

@@ -7,7 +7,6 @@ import io
 import json
 from pathlib import Path
 
-import pytest
 import yaml
 from huggingface_hub import ModelCard
 from jobs_helpers import FAST, chat_lines, write_lines
@@ -269,8 +268,6 @@ def test_the_registry_document_command_writes_markdown_and_html(tmp_path):
 def test_model_and_version_resolve_to_the_registered_name(tmp_path):
     from hone.cli import app
 
-    if not hasattr(Registry, "resolve"):
-        pytest.skip("this registry has no MODEL VERSION resolver yet")
     version = register(tmp_path)
     result = CliRunner().invoke(app, ["registry", "document", version["model"], str(version["version"]),
                                       "--out", str(tmp_path / "docs"), "--json"])

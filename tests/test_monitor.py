@@ -234,6 +234,8 @@ def test_http_report_and_drift_roles_and_other_projects(support_traffic, tiny_mo
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "window"
         assert get("viewer", "support/report", since="someday").json()["error"]["param"] == "since"
         assert get("rival", "support/report").status_code == 404
+        small = get("viewer", "support/drift", window_size=10)  # under the drift checks' minimum window
+        assert small.status_code == 400 and small.json()["error"]["param"] == "window_size"
         assert get("rival", f"{VERSION}/drift").status_code == 404
 
         as_admin = get("admin", "support/drift", window_size=100).json()

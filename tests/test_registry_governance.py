@@ -20,7 +20,7 @@ from hone.api.keys import KeyStore
 from hone.audit import verify
 from hone.audit.log import entries
 from hone.cli import app as cli
-from hone.errors import ConflictError, ForbiddenError, NotFoundError
+from hone.errors import ConflictError, ForbiddenError, NotFoundError, RequestError
 from hone.models import fingerprint
 from hone.registry.projects import Projects
 from hone.registry.promotion import Promotions, record_evaluation
@@ -169,9 +169,9 @@ def test_bad_aliases_and_versions_are_refused_clearly(tmp_path):
     register(db, tmp_path, 1)
     promotions = Promotions(db)
     for alias in ("../x", "a b", "", "x" * 65, "@champion"):
-        with pytest.raises(Exception) as bad:
+        with pytest.raises(RequestError) as bad:
             promotions.request("default", "support", 1, alias, actor="dana")
-        assert getattr(bad.value, "code", None) == "invalid_alias"
+        assert bad.value.code == "invalid_alias"
     with pytest.raises(NotFoundError):
         promotions.request("default", "support", 7, "champion", actor="dana")
     with pytest.raises(NotFoundError):
@@ -211,6 +211,15 @@ def test_promotion_over_http_and_model_at_alias_follows_without_restart(governed
         return client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
                                               max_tokens=6, temperature=0).choices[0].message.content
 
+    bad = call("developer", "POST", "/registry/models/support/promotions", version="1", alias="../champion")
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_alias"
+    extra = call("developer", "POST", "/registry/models/support/promotions", version="1", alias="x", force=True)
+    assert extra.status_code == 400  # unknown fields are refused, not ignored
+    assert call("rival", "POST", "/registry/models/support/promotions", version="1",
+                alias="champion").status_code == 404
+    assert call("rival", "GET", "/registry/models/support/versions/1").status_code == 404
+    assert call("viewer", "GET", "/registry/models/support/versions/1").json()["name"] == v1
+    assert call("viewer", "GET", "/registry/models/support/versions/9").status_code == 404
     viewer = call("viewer", "POST", "/registry/models/support/promotions", version="1", alias="champion")
     assert viewer.status_code == 403 and viewer.json()["error"]["code"] == "insufficient_role"
     request = call("developer", "POST", "/registry/models/support/promotions", version="1", alias="champion")
@@ -237,9 +246,20 @@ def test_promotion_over_http_and_model_at_alias_follows_without_restart(governed
     call("approver", "POST", f"/registry/promotions/{second.json()['id']}/approve")
     assert reply("support@champion") == reply(v2) != reply(v1)  # the same server follows the alias
 
+    assert call("developer", "POST", "/registry/models/support/aliases/champion/rollback").status_code == 403
+    assert call("rival", "POST", "/registry/models/support/aliases/champion/rollback").status_code == 404
     rolled = call("approver", "POST", "/registry/models/support/aliases/champion/rollback", reason="complaints")
     assert rolled.status_code == 200 and rolled.json()["to_version"] == v1
     assert reply("support@champion") == reply(v1)
+    staged = call("developer", "POST", "/registry/models/support/promotions", version="2", alias="staging").json()
+    assert call("developer", "POST", f"/registry/promotions/{staged['id']}/reject").status_code == 403
+    rejected = call("approver", "POST", f"/registry/promotions/{staged['id']}/reject", comment="not yet")
+    assert rejected.json()["status"] == "rejected" and rejected.json()["approvals"][0]["comment"] == "not yet"
+    assert [p["id"] for p in call("viewer", "GET", "/registry/promotions?status=rejected").json()["data"]] == [
+        staged["id"]]
+    assert call("rival", "GET", "/registry/promotions").json()["data"] == []
+    assert call("viewer", "GET", "/registry/models/support/aliases").json()["data"][0]["version"] == v1
+    assert call("rival", "GET", "/registry/models/support/history").json()["data"] == []
     history = call("viewer", "GET", "/registry/models/support/history?alias=champion").json()["data"]
     assert [m["action"] for m in history] == ["promote", "promote", "rollback"]
     versions = {v["version"]: v for v in call("viewer", "GET", "/registry/models?model=support").json()["data"]}
@@ -300,7 +320,10 @@ def test_registry_evaluate_compares_a_challenger_with_the_champion_and_the_polic
     challenger = Registry(db).show(Registry(db).resolve("default", "support", 2), "default")
     against = [e for e in challenger["evaluations"] if e["against_version"] == shown["name"]]
     assert against and against[0]["verdict"] == summary["verdict"]
-    if summary["verdict"] != "SHIP":  # two random adapters: the policy must refuse on this very verdict
+    # the policy reads this very verdict: refused with it, or (SHIP, approvals 0) promoted on it
+    if summary["verdict"] != "SHIP":
         with pytest.raises(ConflictError) as refused:
             promotions.request("default", "support", 2, "champion", actor="dana")
         assert f"against the current version {shown['name']} says {summary['verdict']}" in refused.value.message
+    else:
+        assert promotions.request("default", "support", 2, "champion", actor="dana")["status"] == "promoted"

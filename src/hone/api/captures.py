@@ -50,9 +50,8 @@ def capture_model(exchange: CapturedExchange) -> Capture:
 
 
 def capture_store(request: Request) -> CaptureStore:
-    """The server's capture store; one over its database when no served model captures (older captures stay)."""
-    server = request.app.state.server
-    return server.capture or CaptureStore(server.config.database)
+    """The server's capture store (its database's captures, whatever the served models capture now)."""
+    return request.app.state.server.capture
 
 
 Store = Annotated[CaptureStore, Depends(capture_store)]

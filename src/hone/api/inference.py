@@ -189,9 +189,9 @@ async def _stream(server: ModelServer, generation: Generation, slot: Slot, write
 def _start_shadow(server: ModelServer, route: Route, prompt: Prompt, params: SamplingParams, body: GenerationFields,
                   response_id: str, project: str) -> None:
     """Under a shadow split, answer a copy of the request with the challenger in the background, after the client's
-    answer is complete (so it never delays or changes it, and holds no client slot). Dropped while the server is
-    at its concurrency limit: clients come first."""
-    if route.shadow is None or server.requests.in_flight >= server.requests.limit:
+    answer is complete (so it never delays or changes it, and holds no client slot). Dropped while clients and
+    running shadows together fill the concurrency limit: clients come first, and shadows cannot pile up."""
+    if route.shadow is None or server.requests.in_flight + len(_shadows) >= server.requests.limit:
         return
     task = asyncio.create_task(_shadow(server, route, prompt, params, body, response_id, project))
     _shadows.add(task)

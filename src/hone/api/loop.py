@@ -4,7 +4,7 @@ checks now (approvers and up; the workers run them every `loop_interval_s` anywa
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from hone.api.auth import Approver, Viewer
 from hone.api.errors import error_responses
@@ -15,6 +15,8 @@ router = APIRouter(tags=["loop"])
 
 class LoopCheck(BaseModel):
     """How to run the checks."""
+
+    model_config = ConfigDict(extra="forbid")
 
     force: bool = Field(True, description="Run them even when a worker ran them less than its interval ago.")
 

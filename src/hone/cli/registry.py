@@ -69,9 +69,6 @@ def document(model: Annotated[str, typer.Argument(help="A full version name (ft:
     registry = Registry(db)
     name = model
     if version is not None or "@" in model:
-        if not hasattr(registry, "resolve"):
-            raise HoneError(f"this registry cannot look up '{model}' {version or ''}".rstrip(),
-                            hint="pass the full version name, e.g. ft:BASE:PROJECT:SUFFIX:ID (`hone registry list`)")
         name = registry.resolve(project or "default", model, version)
     paths = write_document(name, project, db, out)
     if as_json:

@@ -407,11 +407,6 @@ class Canaries:
         return decisions
 
 
-def check_all(db_url: str | None, actor: str | None) -> list[CanaryDecision]:
-    """Check every active split of every project (the worker calls this periodically)."""
-    return Canaries(db_url).check_all(actor=actor)
-
-
 @dataclass(frozen=True)
 class Observation:
     """One captured reply of an arm: its text, latency and latest rating."""

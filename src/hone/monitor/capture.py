@@ -261,19 +261,19 @@ class CaptureStore:
 def _chat_example(capture: CapturedRequest, feedback: Feedback | None) -> dict | None:
     """The captured exchange as {"messages": [...]}, or None when it has no prompt or no answer to learn from."""
     answer = feedback.correction if feedback is not None and feedback.correction is not None else capture.response_text
-    prompt = _prompt_messages(json.loads(capture.request_json))
+    prompt = prompt_messages(json.loads(capture.request_json))
     if not prompt or not answer.strip():
         return None
     return {"messages": prompt + [{"role": "assistant", "content": answer}]}
 
 
-def _prompt_messages(request: dict) -> list[dict]:
+def prompt_messages(request: dict) -> list[dict]:
     """The conversation sent: chat messages with their text flattened, or a completion prompt as one user turn."""
     if isinstance(request.get("messages"), list):
         messages = []
         for message in request["messages"]:
             if isinstance(message, dict) and message.get("role") in ("system", "user", "assistant"):
-                messages.append({"role": message["role"], "content": _text(message.get("content"))})
+                messages.append({"role": message["role"], "content": message_text(message.get("content"))})
         return messages
     prompt = request.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1:
@@ -281,7 +281,7 @@ def _prompt_messages(request: dict) -> list[dict]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) and prompt.strip() else []
 
 
-def _text(content: Any) -> str:
+def message_text(content: Any) -> str:
     """Message content as plain text: a string as is, the text parts of a content list joined."""
     if isinstance(content, str):
         return content

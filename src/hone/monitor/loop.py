@@ -32,9 +32,10 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from hone import audit
-from hone.errors import HoneError
+from hone.errors import HoneError, NotFoundError
 from hone.home import hone_home
-from hone.monitor.capture import _prompt_messages
+from hone.jobs.service import ACTIVE
+from hone.monitor.capture import prompt_messages
 from hone.monitor.loop_settings import LoopSettings
 from hone.store import engine_for, session
 from hone.store.tables import (
@@ -55,7 +56,6 @@ log = logging.getLogger("hone.loop")
 LEASE_NAME = "loop"
 LEASE_S = 900.0  # a worker that died holding the checks frees them after this long (renewed between steps)
 LOOP_JOB_TAG = "hone_loop_firing"  # the job's metadata key naming the firing that created it
-ACTIVE_JOB = ("validating_files", "queued", "running", "paused")
 BLOCKING = ("preparing", "training", "trained", "evaluating")  # a firing in these states blocks the next
 RECENT_FIRINGS = 10
 
@@ -67,8 +67,8 @@ class Firing(BaseModel):
 
     status: skipped (a retrain was in progress; fires once it is not), too_few (fewer curated examples than
     min_examples), failed (no dataset or job could be made), training, retrain_failed, trained (evaluation
-    pending), evaluating, eval_failed, rejected (did not beat the champion), canary, canary_refused,
-    promotion_requested, promoted, promotion_refused."""
+    pending), evaluating, eval_failed, rejected (did not beat the champion), canary (its checks decide the
+    promotion), canary_refused."""
 
     id: str
     project: str
@@ -323,7 +323,7 @@ def _drift(db, project: str, model: str, champion: Champion) -> Observation | No
 def _blocker(db, project: str, model: str) -> str | None:
     """Why a new retrain of the model must wait (a job of it is active, or a loop retrain is not finished)."""
     job = db.scalar(select(FineTuningJob).where(FineTuningJob.project == project, FineTuningJob.suffix == model,
-                                                FineTuningJob.status.in_(ACTIVE_JOB)).limit(1))
+                                                FineTuningJob.status.in_(ACTIVE)).limit(1))
     if job is not None:
         return f"retrain job {job.id} of {model} is {job.status}"
     busy = db.scalar(select(LoopFiring).where(LoopFiring.project == project, LoopFiring.model == model,
@@ -432,7 +432,7 @@ def export_exchanges(db_url: str | None, project: str, model: str, path: Path) -
                  .outerjoin(Feedback, Feedback.id == latest.c.fid)
                  .where(_traffic(project, model)).order_by(CapturedRequest.id))
         for request_json, reply, correction in db.execute(query):
-            prompt = _prompt_messages(json.loads(request_json))
+            prompt = prompt_messages(json.loads(request_json))
             answer = correction if correction is not None else reply
             if not prompt or not answer.strip():
                 continue
@@ -519,7 +519,7 @@ def follow_retrains(project: str, *, db_url: str | None = None, actor: str) -> l
         for row in db.scalars(select(LoopFiring).where(LoopFiring.project == project,
                                                        LoopFiring.status == "training")):
             job = db.get(FineTuningJob, row.job_id)
-            if job is None or job.status in ACTIVE_JOB:
+            if job is None or job.status in ACTIVE:
                 continue
             if job.status == "succeeded":
                 _set(row, "trained", challenger=job.fine_tuned_model)
@@ -696,29 +696,17 @@ def pairwise_verdict(pairwise: dict | None, alpha: float = 0.05) -> tuple[str, l
 
 def _roll_out(db_url: str | None, settings: LoopSettings, project: str, model: str, challenger: str,
               actor: str) -> tuple[str, dict[str, Any]]:
-    """A challenger that beat the champion: a canary (or shadow) split when hone.monitor.canary is there, else a
-    promotion request (the project's policy and approvers decide)."""
-    from hone.errors import ConflictError
-    from hone.registry.promotion import Promotions
+    """A challenger that beat the champion: a canary (or shadow) split on the champion alias; the canary's checks
+    then roll it back or offer it for promotion (the project's policy and approvers decide)."""
+    from hone.monitor.canary import Canaries
 
     try:
-        from hone.monitor.canary import Canaries
-    except ImportError:
-        Canaries = None
-    if Canaries is not None:
-        try:
-            split = Canaries(db_url).start(project, model, settings.champion_alias, challenger,
-                                           mode=settings.canary.mode, weight=settings.canary.weight, actor=actor,
-                                           reason="the retraining loop's challenger beat the champion")
-        except HoneError as error:  # e.g. another split is active on the alias
-            return "canary_refused", {"error": error.message}
-        return "canary", {"canary": split.id}
-    try:
-        request = Promotions(db_url).request(project, model, challenger, settings.champion_alias, actor=actor,
-                                             reason="the retraining loop's challenger beat the champion")
-    except ConflictError as error:
-        return "promotion_refused", {"error": error.message}
-    return ("promoted" if request["status"] == "promoted" else "promotion_requested"), {"promotion": request["id"]}
+        split = Canaries(db_url).start(project, model, settings.champion_alias, challenger,
+                                       mode=settings.canary.mode, weight=settings.canary.weight, actor=actor,
+                                       reason="the retraining loop's challenger beat the champion")
+    except HoneError as error:  # e.g. another split is active on the alias
+        return "canary_refused", {"error": error.message}
+    return "canary", {"canary": split.id}
 
 
 # ---- status ----
@@ -747,6 +735,10 @@ def loop_status(project: str, *, db_url: str | None = None, model: str | None = 
     settings = Projects(db_url).settings(project).loop
     shown = []
     with session(engine_for(db_url)) as db:
+        if model and db.scalar(select(ModelVersion.id).where(ModelVersion.project == project,
+                                                             ModelVersion.model == model).limit(1)) is None:
+            raise NotFoundError(f"model {model!r} does not exist or you do not have access to it", param="model",
+                                code="model_not_found")
         for name in [model] if model else _models(db, project, settings):
             champion = _champion(db, project, name, settings.champion_alias)
             jobs = select(FineTuningJob).where(FineTuningJob.project == project, FineTuningJob.suffix == name) \
@@ -758,7 +750,7 @@ def loop_status(project: str, *, db_url: str | None = None, model: str | None = 
                                                        AliasSplit.status == "active").limit(1))
             shown.append(ModelLoop(
                 model=name, champion=champion.version.name if champion else None,
-                running_retrain=_job(db.scalar(jobs.where(FineTuningJob.status.in_(ACTIVE_JOB)))),
+                running_retrain=_job(db.scalar(jobs.where(FineTuningJob.status.in_(ACTIVE)))),
                 last_failed_retrain=_job(db.scalar(jobs.where(FineTuningJob.status == "failed"))),
                 pending_evaluations=[f for f in firings if f.status in ("trained", "evaluating")],
                 active_canary=ActiveCanary(id=split.id, alias=split.alias, mode=split.mode, weight=split.weight,
@@ -862,10 +854,8 @@ def _step(run: PeriodicRun, name: str, action, into: list) -> None:
 
 def _canary_checks(run: PeriodicRun, db_url: str | None, actor: str, projects: list[str] | None) -> None:
     """Decide the active canary splits (hone.monitor.canary: roll back a worse challenger, offer a good one)."""
-    try:
-        from hone.monitor.canary import Canaries
-    except ImportError:
-        return
+    from hone.monitor.canary import Canaries
+
     try:
         canaries = Canaries(db_url)
         for project in projects if projects is not None else [None]:

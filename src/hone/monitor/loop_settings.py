@@ -71,9 +71,6 @@ class LoopSettings(Section):
     eval: LoopEval = LoopEval()
     canary: LoopCanary = LoopCanary()
 
-    def watches(self, model: str) -> bool:
-        return self.model == "all" or model in self.model
-
 
 def _partial(model: type[BaseModel], name: str) -> type[BaseModel]:
     """`model` with every field optional (None: leave it, or reset it), for a typed settings change."""

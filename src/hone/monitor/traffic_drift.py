@@ -20,6 +20,7 @@ import numpy as np
 from sqlalchemy import select
 
 from hone.errors import ConflictError, RequestError
+from hone.monitor.capture import message_text, prompt_messages
 from hone.monitor.contracts import OutputContract, format_valid
 from hone.monitor.drift import (
     DEFAULT_CONFIG,
@@ -108,26 +109,13 @@ class _Traffic:
 
 def prompt_text(messages: list[dict]) -> str:
     """The user turns of a conversation, one per line: what the drift checks compare."""
-    return "\n".join(_content(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "user")
-
-
-def _content(content) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
+    return "\n".join(message_text(m.get("content")) for m in messages
+                     if isinstance(m, dict) and m.get("role") == "user")
 
 
 def request_prompt(request_json: str) -> str:
     """The user turns of a captured request (a completion prompt counts as one user turn)."""
-    request = json.loads(request_json)
-    if isinstance(request.get("messages"), list):
-        return prompt_text(request["messages"])
-    prompt = request.get("prompt")
-    if isinstance(prompt, list):
-        prompt = "\n".join(p for p in prompt if isinstance(p, str))
-    return prompt if isinstance(prompt, str) else ""
+    return prompt_text(prompt_messages(json.loads(request_json)))
 
 
 def _token_counts(texts: list[str]) -> np.ndarray:
@@ -157,7 +145,7 @@ def training_reference(version: str, sha256: str, sample: int) -> _Reference:
                                else (example.prompt, example.chosen))
         prompt = prompt_text(conversation)
         if prompt.strip():
-            pairs.append((prompt, _content(reply.get("content")) if reply.get("role") == "assistant" else ""))
+            pairs.append((prompt, message_text(reply.get("content")) if reply.get("role") == "assistant" else ""))
     if len(pairs) > sample:
         pairs = random.Random(0).sample(pairs, sample)
     replies = tuple(reply for _, reply in pairs)

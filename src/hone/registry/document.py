@@ -77,13 +77,6 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;
 
 # Gathering ----------------------------------------------------------------------------------------------------------
 
-def _project_settings(registry: Registry, project: str) -> dict:
-    try:
-        return registry.project_settings(project) or {}
-    except AttributeError:  # a registry without project settings: nothing is set
-        return {}
-
-
 def _job_and_file(db_url: str | None, job_id: str | None) -> tuple[dict | None, dict | None]:
     """The version's job and its training file as plain records (the file with its validation outcome)."""
     if not job_id:
@@ -95,7 +88,7 @@ def _job_and_file(db_url: str | None, job_id: str | None) -> tuple[dict | None, 
             "id": job.id, "model": job.model, "training_file": job.training_file,
             "validation_file": job.validation_file, "created_at": _iso(job.created_at),
             "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at),
-            "created_by": getattr(job, "created_by", None), "attempts": job.attempts,
+            "created_by": job.created_by, "attempts": job.attempts,
             "hone": json.loads(job.hone_json or "{}")}
         file_record = None if stored is None else {
             "id": stored.id, "filename": stored.filename, "sha256": stored.sha256, "bytes": stored.bytes,
@@ -147,7 +140,7 @@ def technical_documentation(version_name: str, project: str | None = None, db_ur
     """The Annex IV technical documentation of a registered version, as Markdown."""
     registry = Registry(db_url)
     version = registry.show(version_name, project)
-    settings = _project_settings(registry, version["project"])
+    settings = registry.project_settings(version["project"])
     job, training_file = _job_and_file(db_url, version.get("job_id"))
     object_ids = [i for i in (version["name"], version.get("job_id"), (job or {}).get("training_file")) if i]
     audit = _audit_entries(db_url, version["project"], object_ids)

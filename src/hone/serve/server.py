@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +23,7 @@ from hone.errors import HoneError, NotFoundError, RequestError
 from hone.models import fingerprint, frozen_dtype, load_model, load_tokenizer, local_model_dir
 from hone.models.finetuned import default_device
 from hone.monitor.canary import Canaries
+from hone.monitor.capture import CaptureStore, Served
 from hone.registry.promotion import Promotions
 from hone.registry.versions import Registry
 from hone.retrieval.prompt import rag_messages, rag_text, retrieval_query
@@ -41,9 +41,6 @@ from hone.serve.errors import GenerationFailed, GenerationTimeout
 from hone.serve.limits import ConcurrencyLimit
 from hone.store import engine_for, session
 from hone.store.tables import DEFAULT_PROJECT
-
-if TYPE_CHECKING:
-    from hone.monitor.capture import Served
 
 log = logging.getLogger("hone.serve")
 DISCONNECT_POLL_S = 0.5  # how often a request waiting for tokens checks that its client is still there
@@ -108,12 +105,14 @@ class ModelServer:
         loaded = LoadedAdapters(model, config.base, config.max_adapters)
         self.engine = Engine(model, self.tokenizer, self.registry, loaded, config.max_batch)
         self.started = int(time.time())
-        self.capture = self._capture_store()
+        # cheap until the first capture builds its PII scrubber
+        self.capture = CaptureStore(config.database)
         self.requests = ConcurrencyLimit(config.limits.max_concurrent_requests)
         self._indexes: dict[str, object] = {}
         self._index_lock = threading.Lock()
         self.fine_tuned_registry = Registry(config.database)
         self.canaries = Canaries(config.database)
+        self.promotions = Promotions(config.database)
         self._fine_tuned: dict[str, str] = {}  # fine-tuned model name -> its project
 
     def start(self) -> None:
@@ -123,14 +122,6 @@ class ModelServer:
     def stop(self) -> None:
         """Stop decoding; requests still waiting are told the server is shutting down."""
         self.engine.stop()
-
-    def _capture_store(self):
-        configured = any(self.config.options(name).capture for name in [self.base_id, *self.config.adapters])
-        if not (configured or self.config.capture_fine_tuned):
-            return None
-        from hone.monitor.capture import CaptureStore  # loads Presidio: only when something is captured
-
-        return CaptureStore(self.config.database)
 
     # ---- models ----
 
@@ -160,7 +151,7 @@ class ModelServer:
         a key of it), under a shadow split the champion answers and the Route names the challenger as the shadow."""
         if "@" in model and not model.startswith("ft:"):
             name, alias = model.rsplit("@", 1)
-            version = Promotions(self.config.database).resolve_alias(project, name, alias)
+            version = self.promotions.resolve_alias(project, name, alias)
             split = self.canaries.active(project, name, alias)
             if split is None or split.champion_version != version:  # a moved alias ends the split's routing
                 return Route(self.adapter_for(version, project), version, alias, "primary")
@@ -178,8 +169,6 @@ class ModelServer:
     def adapter_for(self, model: str, project: str = DEFAULT_PROJECT) -> str | None:
         """The adapter a request's `model` names (None for the base); NotFoundError for other names, and for
         another project's fine-tuned models."""
-        if "@" in model and not model.startswith("ft:"):
-            return self.route(model, project).adapter
         if model == self.base_id:
             return None
         owner = self._fine_tuned.get(model)
@@ -325,10 +314,6 @@ class ModelServer:
         comparison (`split`); a storage failure is logged, not hidden."""
         if not (split or self.config.options(model).capture or self._monitored(served)):
             return
-        if self.capture is None:
-            from hone.monitor.capture import CaptureStore
-
-            self.capture = CaptureStore(self.config.database)
         try:
             await asyncio.to_thread(lambda: self.capture.record(
                 response_id=response_id, model=model, request=request, response_text=text, usage=usage,
@@ -344,9 +329,6 @@ class ModelServer:
 
     async def feedback(self, project: str, response_id: str, rating: int | None, correction: str | None) -> None:
         """Attach a rating and/or a corrected answer to a response `project` produced (another project's is 404)."""
-        if self.capture is None:
-            raise NotFoundError(f"no response '{response_id}': capture is off for every model here",
-                                param="response_id", code="not_found")
         try:
             await asyncio.to_thread(lambda: self.capture.feedback(
                 response_id=response_id, rating=rating, correction=correction, project=project))

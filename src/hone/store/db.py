@@ -21,11 +21,10 @@ from sqlalchemy.pool import StaticPool
 
 from hone.errors import HoneError
 from hone.home import hone_home
-from hone.store.schema import SchemaState, SchemaUpgrade, empty_state, schema_state, upgrade
+from hone.store.schema import SQLITE_BUSY_MS, SchemaState, SchemaUpgrade, empty_state, schema_state, upgrade
 
 DATABASE_ENV = "HONE_DATABASE_URL"
 DATABASE_FILE = "hone.db"
-SQLITE_BUSY_MS = 10_000  # wait this long for another writer rather than fail with "database is locked"
 
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()

@@ -7,7 +7,6 @@ advisory lock, SQLite its write lock, for the whole check-and-upgrade transactio
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,10 +19,11 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.script.revision import RevisionError
 from sqlalchemy import Connection, Engine, inspect, text
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from hone.errors import HoneError
 
+SQLITE_BUSY_MS = 10_000  # wait this long for another writer rather than fail with "database is locked"
 MIGRATION_WAIT_S = 120  # how long a starting process waits for another's migration of the same SQLite file
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -86,20 +86,7 @@ def schema_state(engine: Engine) -> SchemaState:
 
 
 def upgrade(engine: Engine) -> SchemaUpgrade:
-    """Apply every pending migration, stamping a database from before migrations first; one process at a time.
-
-    Processes starting together on one SQLite file queue for its write lock; one busy timeout may be shorter than
-    another's whole migration on a loaded machine, so a locked database is waited for up to MIGRATION_WAIT_S."""
-    deadline = time.monotonic() + MIGRATION_WAIT_S
-    while True:
-        try:
-            return _upgrade_once(engine)
-        except OperationalError as error:
-            if "locked" not in str(error) or time.monotonic() > deadline:
-                raise _unreachable(engine, error) from None
-
-
-def _upgrade_once(engine: Engine) -> SchemaUpgrade:
+    """Apply every pending migration, stamping a database from before migrations first; one process at a time."""
     try:
         with engine.connect() as connection:
             state = _state(connection)
@@ -113,8 +100,6 @@ def _upgrade_once(engine: Engine) -> SchemaUpgrade:
                 if state.pending:
                     _apply(connection, state)
                 after = _revision(connection)
-    except OperationalError:
-        raise  # `upgrade` waits out a locked database
     except SQLAlchemyError as error:
         raise _unreachable(engine, error) from None
     return SchemaUpgrade(before=state.revision, after=after, applied=state.pending,
@@ -177,6 +162,9 @@ def migration_transaction(connection: Connection) -> Iterator[None]:
     driver.isolation_level = None  # pysqlite would otherwise run DDL outside the transaction
     connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
     try:
+        # Processes starting together queue here for the write lock; one busy timeout may be shorter than another
+        # process's whole migration on a loaded machine, so starters wait up to MIGRATION_WAIT_S for it.
+        connection.exec_driver_sql(f"PRAGMA busy_timeout={MIGRATION_WAIT_S * 1000}")
         connection.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock now: other starters wait here
         try:
             yield
@@ -192,6 +180,7 @@ def migration_transaction(connection: Connection) -> Iterator[None]:
             raise
     finally:
         connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+        connection.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")  # the pooled connection's usual wait
         connection.commit()
         driver.isolation_level = isolation_level
 

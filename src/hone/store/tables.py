@@ -170,6 +170,7 @@ class ModelVersion(Base):
     """A registered fine-tuned model and its lineage: data -> job -> run -> adapter -> eval."""
 
     __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("project", "model", "version", name="uq_model_versions_project_model_version"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     project: Mapped[str] = project_column()

@@ -109,6 +109,8 @@ def upgrade() -> None:
     )
     op.create_index("ix_version_evaluations_version_name", "version_evaluations", ["version_name"])
     _backfill()
+    with op.batch_alter_table("model_versions") as batch:  # two versions of one model never share a number
+        batch.create_unique_constraint("uq_model_versions_project_model_version", ["project", "model", "version"])
 
 
 def _backfill() -> None:
@@ -130,12 +132,12 @@ def _backfill() -> None:
         bind.execute(sa.text("UPDATE model_versions SET model = :model, version = :version, author = :author "
                              "WHERE id = :id"), {"model": model, "version": numbers[(row.project, model)],
                                                  "author": creators.get(row.job_id), "id": row.id})
-        if row.eval_json:
+        if row.eval_json and "error" not in json.loads(row.eval_json):  # an eval that could not run says nothing
             bind.execute(sa.text(
                 "INSERT INTO version_evaluations (project, version_name, against_version, verdict, summary_json, "
                 "actor, created_at) VALUES (:project, :name, NULL, :verdict, :summary, NULL, :created_at)"),
                 {"project": row.project, "name": row.name, "verdict": row.verdict,
-                 "summary": json.dumps(json.loads(row.eval_json)), "created_at": row.created_at})
+                 "summary": row.eval_json, "created_at": row.created_at})
 
 
 def downgrade() -> None:
@@ -143,6 +145,7 @@ def downgrade() -> None:
                   "projects"):
         op.drop_table(table)
     with op.batch_alter_table("model_versions") as batch:
+        batch.drop_constraint("uq_model_versions_project_model_version", type_="unique")
         batch.drop_index("ix_model_versions_model")
         for column in ("author", "version", "model"):
             batch.drop_column(column)
