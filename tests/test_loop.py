@@ -224,17 +224,19 @@ def test_the_full_loop_over_http_corrections_retrain_evaluate_canary(service, ti
         call("PATCH", "/projects/current", "admin", json={"loop": {
             "enabled": True, "triggers": {"corrections": 12}, "min_examples": 10,
             "eval": {"max_examples": 3, "probe_limit": 0}}})
+        usage = {}
         for seed in range(30):  # traffic to MODEL@ALIAS is captured by default, and 12 answers get corrected
             reply = call("POST", "/chat/completions", "developer", json={
                 "model": "support@champion", "max_tokens": 3,
                 "messages": [{"role": "user", "content": ticket(1000 + seed)}]})
             assert reply["model"] == "support@champion"
+            usage[reply["id"]] = reply["usage"]["completion_tokens"]
             if seed < 12:
                 call("POST", "/feedback", "developer", json={"response_id": reply["id"], "rating": 2,
                                                              "correction": f"the answer to ticket {seed}"})
         captured = CaptureStore().captured("default", model="support@champion", limit=50)[0]
-        assert len(captured) == 30 and {c.response_id for c in captured if c.feedback} and all(
-            c.usage["completion_tokens"] >= 1 for c in captured)
+        assert len(captured) == 30 and len([c for c in captured if c.feedback]) == 12
+        assert {c.response_id: c.usage["completion_tokens"] for c in captured} == usage
         assert call("POST", "/loop/check", "approver", json={})["errors"] == []
         (fired,) = call("GET", "/loop/status", "developer")["models"][0]["firings"]
         assert (fired["trigger"], fired["figure"], fired["threshold"]) == ("corrections", 12, 12)
