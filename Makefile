@@ -16,6 +16,14 @@ $(STAMP): pyproject.toml
 			echo "PostgreSQL is not installed: the PostgreSQL store tests will be skipped (sudo apt-get install postgresql)"; \
 		fi; \
 	fi
+	# Debian's Chromium for the dashboard's browser tests (Playwright drives it; it never downloads a browser).
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+		else \
+			echo "Chromium is not installed: the dashboard's browser tests will be skipped (sudo apt-get install chromium)"; \
+		fi; \
+	fi
 	python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	# CPU build of torch, pinned: an unpinned torch pulls gigabytes of CUDA packages.

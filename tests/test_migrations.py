@@ -113,16 +113,16 @@ def test_hone_db_upgrade_stamps_and_upgrades_a_database_from_before_migrations(d
     key = old_database(db_url)
     before = cli_json("db", "current", "--db", db_url)
     assert before["revision"] is None and before["pre_migrations"] and not before["up_to_date"]
-    assert before["pending"] == ["0002", "0003", "0004", "0005"] and before["head"] == head_revision() == "0005"
+    assert before["pending"] == ["0002", "0003", "0004", "0005", "0006"] and before["head"] == head_revision() == "0006"
 
     upgraded = cli_json("db", "upgrade", "--db", db_url)
-    assert upgraded["before"] is None and upgraded["after"] == "0005"
-    assert upgraded["applied"] == ["0002", "0003", "0004", "0005"]
+    assert upgraded["before"] is None and upgraded["after"] == "0006"
+    assert upgraded["applied"] == ["0002", "0003", "0004", "0005", "0006"]
     assert upgraded["stamped_pre_migrations"]
     after = cli_json("db", "current", "--db", db_url)
-    assert after["revision"] == "0005" and after["up_to_date"] and after["pending"] == []
+    assert after["revision"] == "0006" and after["up_to_date"] and after["pending"] == []
     again = cli_json("db", "upgrade", "--db", db_url)
-    assert again["before"] == again["after"] == "0005" and again["applied"] == []
+    assert again["before"] == again["after"] == "0006" and again["applied"] == []
 
     keys = KeyStore(db_url)
     assert keys.verify(key) and [k["name"] for k in keys.list()] == ["support-app"]
@@ -215,5 +215,5 @@ def test_hone_db_current_reports_a_missing_sqlite_file_without_creating_it(tmp_p
     path = tmp_path / "new" / "hone.db"
     state = cli_json("db", "current", "--db", f"sqlite:///{path}")
     assert state["revision"] is None and not state["up_to_date"]
-    assert state["pending"] == ["0001", "0002", "0003", "0004", "0005"]
+    assert state["pending"] == ["0001", "0002", "0003", "0004", "0005", "0006"]
     assert not path.parent.exists()

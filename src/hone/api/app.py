@@ -17,7 +17,22 @@ from fastapi import Depends, FastAPI
 from pydantic.json_schema import models_json_schema
 
 import hone
-from hone.api import admin, audit, canary, captures, files, fine_tuning, inference, loop, models, monitor, registry
+from hone.api import (
+    admin,
+    audit,
+    canary,
+    captures,
+    datasets,
+    evaluations,
+    files,
+    fine_tuning,
+    inference,
+    loop,
+    models,
+    monitor,
+    registry,
+    reviews,
+)
 from hone.api.auth import KeyAuth, require_caller
 from hone.api.errors import ErrorResponse, add_error_handlers, error_responses
 from hone.api.middleware import BodySizeLimit
@@ -30,7 +45,8 @@ STOP_GRACE_S = 90.0  # a running job writes its checkpoint before the server exi
 
 # Routers served under /v1, each request authenticated by API key (routes take `CurrentCaller` for the project).
 V1_ROUTERS = (models.router, inference.router, files.router, fine_tuning.router, audit.router, captures.router,
-              registry.router, canary.router, monitor.router, loop.router)
+              registry.router, canary.router, monitor.router, loop.router, datasets.router, evaluations.router,
+              reviews.router)
 # Routers open without a key.
 OPEN_ROUTERS = (admin.router,)
 # Bodies the routes document by reference (error bodies, stream chunks) rather than as their return type.
@@ -96,6 +112,9 @@ def create_app(config: ServeConfig, api_keys: Sequence[str] = (), worker: bool |
     for router in OPEN_ROUTERS:
         app.include_router(router)
     _document_referenced_models(app)
+    from hone.web.app import add_dashboard  # the dashboard sits over the API
+
+    add_dashboard(app)
     return app
 
 

@@ -1,5 +1,9 @@
 """Who is calling: the API key of every /v1 request is checked, and routes get the caller, whose project
-scopes every object they read or write. Until projects exist every key belongs to the `default` project."""
+scopes every object they read or write. Until projects exist every key belongs to the `default` project.
+
+The dashboard's pages call the same routes with a session cookie instead of the key (see hone.api.sessions):
+the cookie stands for the key it was opened with, and a state change made with it must carry the session's CSRF
+token in the X-CSRF-Token header."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from hone.api.errors import APIError
 from hone.api.keys import KeyStore, role_allows
+from hone.api.sessions import CSRF_HEADER, SESSION_COOKIE, OpenSession, Sessions
 from hone.errors import HoneError
 from hone.store.tables import DEFAULT_PROJECT
 
@@ -43,6 +48,7 @@ class KeyAuth:
 
     def __init__(self, database: str | None, api_keys: Sequence[str] = (), required: bool = False):
         self.store = KeyStore(database)
+        self.sessions = Sessions(database)
         self._cli_keys = [hashlib.sha256(key.encode()).digest() for key in api_keys]  # never kept in plain text
         if required and not self.keys_required():
             raise HoneError("api_key_required is set but no API key exists",
@@ -70,11 +76,60 @@ class KeyAuth:
                            code="invalid_api_key")
         return Caller(identity.project, identity.name, identity.role)
 
+    def login(self, key: str) -> tuple[Caller, str, str]:
+        """Check `key` and open a dashboard session for it: (caller, cookie token, CSRF token); APIError 401 for a
+        wrong key. A server that needs no key opens a session for anyone."""
+        caller = self.caller(f"Bearer {key}" if key else "")
+        command_line_key = None
+        if caller.key_name is None and self.keys_required():
+            command_line_key = hashlib.sha256(key.encode()).hexdigest()
+        token, csrf = self.sessions.open(project=caller.project, key_name=caller.key_name,
+                                         command_line_key=command_line_key, actor=caller.actor)
+        return caller, token, csrf
+
+    def session_caller(self, token: str) -> tuple[Caller, OpenSession]:
+        """The caller a session cookie stands for, checked against its key now; APIError 401 when the session
+        expired or its key was revoked."""
+        found = self.sessions.find(token)
+        caller = self._session_key(found) if found else None
+        if caller is None:
+            raise APIError(401, "Your dashboard session has ended; log in again with your API key",
+                           code="session_expired")
+        return caller, found
+
+    def _session_key(self, found: OpenSession) -> Caller | None:
+        if found.key_name is not None:
+            identity = self.store.identify_name(found.key_name)
+            return Caller(identity.project, identity.name, identity.role) if identity else None
+        if found.command_line_key is not None:
+            digest = bytes.fromhex(found.command_line_key)
+            known = any(hmac.compare_digest(digest, key) for key in self._cli_keys)
+            return Caller(DEFAULT_PROJECT, None, "admin") if known else None
+        return None if self.keys_required() else Caller(DEFAULT_PROJECT, None, "developer")
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _cookie_caller(auth: KeyAuth, token: str, method: str, csrf: str) -> Caller:
+    """The caller behind a session cookie; a state change without the session's CSRF token is refused (403)."""
+    caller, found = auth.session_caller(token)
+    if method not in SAFE_METHODS and not hmac.compare_digest(csrf.encode(), found.csrf_token.encode()):
+        raise APIError(403, f"this change needs the session's CSRF token in the {CSRF_HEADER} header; reload the "
+                       "page and try again", type="permission_error", code="csrf_failed")
+    return caller
+
 
 async def require_caller(request: Request) -> Caller:
-    """FastAPI dependency: the request's caller, or 401 in OpenAI's error shape."""
+    """FastAPI dependency: the request's caller, or 401 in OpenAI's error shape. An Authorization header wins over
+    a session cookie."""
     auth: KeyAuth = request.app.state.auth
-    return await run_in_threadpool(auth.caller, request.headers.get("authorization", ""))
+    authorization = request.headers.get("authorization", "")
+    token = request.cookies.get(SESSION_COOKIE)
+    if token and not authorization:
+        return await run_in_threadpool(_cookie_caller, auth, token, request.method,
+                                       request.headers.get(CSRF_HEADER, ""))
+    return await run_in_threadpool(auth.caller, authorization)
 
 
 CurrentCaller = Annotated[Caller, Depends(require_caller)]

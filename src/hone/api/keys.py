@@ -98,6 +98,12 @@ class KeyStore:
         key = next((key for key in candidates if self._matches(key, plain_key)), None)
         return KeyIdentity(key.name, key.project, key.role) if key else None
 
+    def identify_name(self, name: str) -> KeyIdentity | None:
+        """Who the active key called `name` is now, or None when it was revoked or never existed."""
+        with session(self.engine) as db:
+            key = self._active(db, name)
+            return KeyIdentity(key.name, key.project, key.role) if key else None
+
     def _matches(self, key: ApiKey, plain_key: str) -> bool:
         digest = hashlib.sha256(plain_key.encode()).digest()
         with self._lock:

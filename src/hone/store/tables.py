@@ -362,3 +362,17 @@ class PeriodicLease(Base):
     holder: Mapped[str | None] = mapped_column(String(128), default=None)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class WebSession(Base):
+    """A dashboard login: the cookie's sha256, whose key it stands for, and the token its forms must carry."""
+
+    __tablename__ = "web_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project: Mapped[str] = project_column()
+    key_name: Mapped[str | None] = mapped_column(String(64), default=None)  # a key made with `hone keys create`
+    command_line_key: Mapped[str | None] = mapped_column(String(64), default=None)  # sha256 of a --api-key key
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

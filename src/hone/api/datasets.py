@@ -1,0 +1,5 @@
+"""/v1/datasets."""
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["datasets"])

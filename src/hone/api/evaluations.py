@@ -1,0 +1,5 @@
+"""/v1/evaluations."""
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["evaluations"])

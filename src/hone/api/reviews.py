@@ -1,0 +1,5 @@
+"""/v1/reviews."""
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["reviews"])

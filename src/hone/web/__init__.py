@@ -1,0 +1,1 @@
+"""The web dashboard: server-rendered pages over the same /v1 API the SDK uses (see hone.web.app)."""

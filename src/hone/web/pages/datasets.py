@@ -1,0 +1,5 @@
+"""The datasets section of the dashboard."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,5 @@
+"""The jobs section of the dashboard."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,5 @@
+"""The monitoring section of the dashboard."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

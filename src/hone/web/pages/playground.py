@@ -1,0 +1,5 @@
+"""The playground section of the dashboard."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

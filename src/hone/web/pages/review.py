@@ -1,0 +1,5 @@
+"""The review section of the dashboard."""
+
+from fastapi import APIRouter
+
+router = APIRouter()
