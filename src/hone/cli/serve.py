@@ -103,9 +103,11 @@ def serve(
     if warning:
         print(warning, file=sys.stderr)
     url = f"http://{host}:{port}/v1"
-    ready = {"url": url, "base": settings.served_base, "adapters": sorted(settings.adapters)}
+    dashboard = f"http://{host}:{port}/"
+    ready = {"url": url, "dashboard": dashboard, "base": settings.served_base, "adapters": sorted(settings.adapters)}
     if as_json:
         emit_json(ready)
     else:
         print(f"hone serving {settings.served_base} and {len(settings.adapters)} adapter(s) at {url}", file=sys.stderr)
+        print(f"dashboard: {dashboard}", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="warning")
