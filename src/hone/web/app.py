@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hone.api.app import add_lifespan_hook
 from hone.api.errors import APIError
 from hone.api.sessions import SESSION_COOKIE
 from hone.web import pages
@@ -97,6 +98,7 @@ def add_dashboard(app: FastAPI) -> None:
     app.state.web_client = httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://hone.dashboard",
         timeout=httpx.Timeout(600.0))
+    add_lifespan_hook(app, "dashboard", lambda: None, app.state.web_client.aclose)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(router)
     for page in pages.ALL:
