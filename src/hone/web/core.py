@@ -158,8 +158,9 @@ Api = Annotated[PageApi, Depends(page_api)]
 
 
 def path_part(value: str) -> str:
-    """One user-given value (a model name with ':' or '@') made safe to put inside an API path."""
-    return quote(value, safe="")
+    """One user-given value (a model name with ':' or '@') made safe to put inside an API path; dots are encoded
+    too, so '.' or '..' cannot climb out of the path."""
+    return quote(value, safe="").replace(".", "%2E")
 
 
 async def checked_form(request: Request, visitor: Visitor) -> dict[str, Any]:
