@@ -12,7 +12,9 @@ hone data validate "$DATA/train.jsonl"
 
 echo "== 3/6 prepare a versioned dataset: the tickets plus 20% replay of general examples (keeps general skills)"
 PREP_LOG=$(mktemp)
-hone data prepare "$DATA/replay.yaml" --project default | tee "$PREP_LOG"
+# Under $HONE_HOME/datasets the dashboard lists it (with its curation report) for the project named here.
+hone data prepare "$DATA/replay.yaml" --out "${HONE_HOME:-$HOME/.cache/hone}/datasets/support-tickets-replay" \
+    --project default | tee "$PREP_LOG"
 DATASET=$(tail -n 1 "$PREP_LOG")
 
 echo "== 4/6 fine-tune with LoRA"

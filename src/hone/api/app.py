@@ -104,7 +104,8 @@ def create_app(config: ServeConfig, api_keys: Sequence[str] = (), worker: bool |
     add_lifespan_hook(app, "engine", server.start, server.stop)
     _add_jobs(app, config, worker)
     app.add_middleware(BodySizeLimit, max_bytes=config.limits.max_request_bytes,
-                       streamed={"/v1/files": config.limits.max_upload_bytes})
+                       streamed={"/v1/files": config.limits.max_upload_bytes,
+                                 "/datasets/upload": config.limits.max_upload_bytes})
     add_error_handlers(app)
     for router in V1_ROUTERS:
         app.include_router(router, prefix="/v1", dependencies=[Depends(require_caller)],
