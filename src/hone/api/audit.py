@@ -87,10 +87,11 @@ router = APIRouter(prefix="/audit", tags=["audit"])
 
 @router.get("/entries", response_model=AuditEntryList, responses=error_responses(400, 401, 403, 404))
 def list_entries(me: Approver, request: Request, action: str | None = None, actor: str | None = None,
+                 object_type: Annotated[str | None, Query(description="e.g. file, fine_tuning.job.")] = None,
                  object_id: str | None = None,
                  since: Annotated[str | None, Query(description="ISO 8601; UTC unless it names a zone.")] = None,
                  limit: Annotated[int, Query(ge=1, le=1000)] = 50, after: str | None = None) -> AuditEntryList:
-    """The project's entries, newest first, optionally of one action, actor or object, or since a time."""
+    """The project's entries, newest first, optionally of one action, actor, object type or object, or since a time."""
     before = None
     if after is not None:
         before = _seq(after, "after")
@@ -98,7 +99,7 @@ def list_entries(me: Approver, request: Request, action: str | None = None, acto
             raise NotFoundError(f"no audit entry '{after}'", param="after", code="not_found")
     try:
         found = audit.entries(limit + 1, me.project, _database(request), action=action, actor=actor,
-                              object_id=object_id, since=since, before=before)
+                              object_type=object_type, object_id=object_id, since=since, before=before)
     except HoneError as error:  # `since` is not a time
         raise APIError(400, error.message, param="since", code="invalid_value") from None
     data = [entry_model(entry) for entry in found[:limit]]

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hone.api.auth import Developer, Viewer
 from hone.api.errors import error_responses
-from hone.jobs.service import JobService
+from hone.jobs.service import MAX_METRIC_POINTS, JobService
 from hone.jobs.spec import HoneSettings, JobRequest
 
 
@@ -152,6 +152,28 @@ class CheckpointList(BaseModel):
     last_id: str | None = None
 
 
+class MetricPoint(BaseModel):
+    """One logged training step of a job: a point of its loss chart (DPO jobs add their reward figures)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    step: int
+    total_steps: int | None = None
+    train_loss: float | None = None
+    valid_loss: float | None = Field(None, description="Eval loss, on the steps it was measured.")
+    learning_rate: float | None = None
+    epoch: float | None = None
+    tokens: int | None = Field(None, description="Tokens trained on so far.")
+    tokens_per_s: float | None = Field(None, description="Tokens so far over the seconds spent training so far.")
+    created_at: int = Field(description="When the worker reported the step.")
+
+
+class MetricPointList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[MetricPoint]
+    has_more: bool
+
+
 def _metadata_filter(request: Request) -> dict[str, str]:
     """`metadata[k]=v` query parameters as {k: v}."""
     return {key[len("metadata["):-1]: value for key, value in request.query_params.items()
@@ -206,6 +228,13 @@ def resume(me: Developer, service: Jobs, job_id: str) -> dict:
 def events(me: Viewer, service: Jobs, job_id: str, after: str | None = None, limit: Limit = None) -> dict:
     """The job's events, newest first: messages and a metrics event per logged step."""
     return service.events(me.project, job_id, after, limit).to_dict()
+
+
+@router.get("/{job_id}/metrics", response_model=MetricPointList, responses=error_responses(400, 401, 404))
+def metrics(me: Viewer, service: Jobs, job_id: str, after_step: Annotated[int | None, Query(ge=0)] = None,
+            limit: Annotated[int | None, Query(ge=1, le=MAX_METRIC_POINTS)] = None) -> dict:
+    """The job's logged steps in step order, after step `after_step`: a loss chart's points (hone's own route)."""
+    return service.metrics(me.project, job_id, after_step, limit).to_dict()
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList, responses=error_responses(401, 404))

@@ -1,4 +1,5 @@
-"""`/v1/monitor/...`: a served model's health per time window and its traffic's drift from its training data.
+"""`/v1/monitor/...`: the project's monitored traffic per model, a served model's health per time window, its
+traffic's drift from its training data, and the retrieval indexes the project's requests may name.
 
 Every role reads the figures; the drift's example prompts are captured user text, so only admin keys get them
 (others get an empty list and a note). Another project's model answers 404.
@@ -6,19 +7,71 @@ Every role reads the figures; the drift's example prompts are captured user text
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
 
 from hone.api.auth import Viewer
 from hone.api.errors import error_responses
-from hone.monitor.report import MonitorReport, health, parse_duration, parse_since
+from hone.monitor.report import MonitorReport, as_utc, health, parse_duration, parse_since
 from hone.monitor.traffic_drift import TrafficDrift, hide_examples, traffic_drift
+from hone.store import engine_for, session
+from hone.store.tables import CapturedRequest
 
 router = APIRouter(prefix="/monitor", tags=["monitor"])
 
 
 def _db(request: Request) -> str | None:
     return request.app.state.server.config.database
+
+
+class MonitoredModel(BaseModel):
+    """The captured traffic of one model name as clients sent it (e.g. support@champion), through one alias."""
+
+    model: str
+    alias: str | None = Field(None, description="The alias the name went through; null for a version or the base.")
+    requests: int
+    first_request_at: str
+    last_request_at: str
+
+
+class MonitoredModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[MonitoredModel]
+
+
+class IndexList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[str] = Field(description="The names of the retrieval indexes the project's requests may name "
+                            "(`index` in a completion request).")
+
+
+def traffic_by_model(project: str, db_url: str | None) -> list[MonitoredModel]:
+    """Captured requests per model name and alias of `project`, most recent traffic first."""
+    with session(engine_for(db_url)) as db:
+        rows = db.execute(select(CapturedRequest.model, CapturedRequest.alias, func.count(),
+                                 func.min(CapturedRequest.created_at), func.max(CapturedRequest.created_at))
+                          .where(CapturedRequest.project == project)
+                          .group_by(CapturedRequest.model, CapturedRequest.alias)).all()
+    found = [MonitoredModel(model=model, alias=alias, requests=count, first_request_at=as_utc(first).isoformat(),
+                            last_request_at=as_utc(last).isoformat()) for model, alias, count, first, last in rows]
+    return sorted(found, key=lambda m: m.last_request_at, reverse=True)
+
+
+@router.get("/models", response_model=MonitoredModelList)
+async def models(request: Request, me: Viewer) -> MonitoredModelList:
+    """The project's captured traffic per model name and alias: request counts and first and last request."""
+    return MonitoredModelList(data=await run_in_threadpool(traffic_by_model, me.project, _db(request)))
+
+
+# Listed here until an /v1/indexes router is registered: the playground offers these names.
+@router.get("/indexes", response_model=IndexList)
+async def indexes(request: Request, me: Viewer) -> IndexList:
+    """The retrieval indexes this server lets the caller's project name."""
+    return IndexList(data=request.app.state.server.config.project_indexes(me.project))
 
 
 @router.get("/models/{model}/report", response_model=MonitorReport, responses=error_responses(400, 404))

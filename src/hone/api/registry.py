@@ -1,5 +1,7 @@
-"""`/v1/registry/...` and `/v1/projects/current`: versions, aliases with their history, gated promotions, approvals,
-rollbacks and the project's settings, each scoped to the caller's project (another project's objects answer 404).
+"""`/v1/registry/...` and `/v1/projects/current`: versions with their lineage, model card and Annex IV technical
+documentation, aliases with their history, gated promotions, approvals, rollbacks and the project's settings, each
+scoped to the caller's project (another project's objects answer 404). No answer names a server path: a base model
+or folder given as a path is shown by its last name.
 
 Reading is for every role; asking for a promotion needs a developer; approving, rejecting and rolling back need an
 approver (who did not train the version); changing the project's settings needs an admin.
@@ -7,14 +9,20 @@ approver (who did not train the version); changing the project's settings needs 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from dataclasses import asdict
+from pathlib import PurePath
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from hone.api.auth import Admin, Approver, Developer, Viewer
 from hone.api.errors import error_responses
+from hone.home import hone_home
 from hone.monitor.loop_settings import LoopChange
+from hone.registry.card import eval_figures, model_card
+from hone.registry.document import technical_documentation
 from hone.registry.projects import Projects, ProjectSettings
 from hone.registry.promotion import Promotions
 from hone.registry.versions import Registry
@@ -180,8 +188,178 @@ class ProjectOut(BaseModel):
     settings: ProjectSettings
 
 
+class DatasetLink(BaseModel):
+    """Where the version's training data came from: the uploaded file (id, name, sha256) or the prepared dataset."""
+
+    stage: Literal["dataset"] = "dataset"
+    training_file: str | None = None
+    filename: str | None = None
+    sha256: str | None = None
+    dataset_id: str | None = None
+    replay_examples: int | None = None
+    replay_fingerprint: str | None = None
+
+
+class JobLink(BaseModel):
+    """The fine-tuning job that trained the version (none for a version registered by hand)."""
+
+    stage: Literal["job"] = "job"
+    id: str | None = None
+    status: str | None = None
+    created_at: str | None = None
+    finished_at: str | None = None
+
+
+class RunLink(BaseModel):
+    """The training run: on which base (and the fingerprint of its weights), with which method, how far."""
+
+    stage: Literal["run"] = "run"
+    base_model: str
+    base_fingerprint: str
+    method: str | None = None
+    steps: int | None = None
+    tokens: int | None = None
+    final_train_loss: float | None = None
+
+
+class WeightsLink(BaseModel):
+    """The weights the run produced and the job's checkpoints, by name."""
+
+    stage: Literal["weights"] = "weights"
+    folder: str = Field(description="The weights folder's name (adapter or model), never its place on the server.")
+    checkpoints: list[str] = []
+
+
+class Evaluation(BaseModel):
+    """One evaluation the version carries: its verdict against the base (`against_version` null) or a version."""
+
+    against_version: str | None = None
+    verdict: str | None = None
+    reasons: list[str] = []
+    actor: str | None = None
+    created_at: str
+
+
+class EvalLink(BaseModel):
+    """The evaluation after training (its verdict) and every evaluation recorded for the version since."""
+
+    stage: Literal["eval"] = "eval"
+    verdict: str | None = None
+    report: bool = Field(False, description="Whether the evaluation after training left a report.")
+    evaluations: list[Evaluation] = []
+
+
+LineageLink = Annotated[DatasetLink | JobLink | RunLink | WeightsLink | EvalLink, Field(discriminator="stage")]
+
+
+class Lineage(BaseModel):
+    """A version's chain, dataset -> job -> run -> weights -> eval, with ids and fingerprints but no server path."""
+
+    object: Literal["registry.lineage"] = "registry.lineage"
+    name: str
+    model: str
+    version: int
+    author: str | None = None
+    lineage: list[LineageLink]
+
+
+class CardFigure(BaseModel):
+    """One figure of the card's model-index: a metric of the fine-tuned model and its change with the 95% CI."""
+
+    metric: str
+    value: float | None = None
+    baseline: str | None = None
+    delta: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    primary: bool = False
+
+
+class CardMetadata(BaseModel):
+    """The card's YAML metadata, what hub tools read."""
+
+    model_name: str
+    base_model: str | None = None
+    base_model_relation: str | None = None
+    library_name: str | None = None
+    license: str | None = None
+    datasets: list[str] = []
+    pipeline_tag: str | None = None
+    tags: list[str] = []
+    eval_results: list[CardFigure] = []
+
+
+class ModelCard(BaseModel):
+    """A version's Hugging Face model card (README.md), with no server path in it."""
+
+    object: Literal["registry.model_card"] = "registry.model_card"
+    name: str
+    markdown: str = Field(description="The whole card: its YAML metadata block, then the body.")
+    metadata: CardMetadata
+
+
+class TechnicalDocument(BaseModel):
+    """A version's EU AI Act Annex IV technical documentation, with no server path in it."""
+
+    object: Literal["registry.document"] = "registry.document"
+    name: str
+    markdown: str
+
+
+# An absolute path's folders: what is left of a server path the known ones missed (not a URL's '//' or 'a/b').
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~\\-])(?:/[^\s/`'\"|,;()\[\]<>]+){2,}/?")
+
+
+def public_name(value: str) -> str:
+    """A base model or folder as a client may see it: a server path becomes its last name, a catalog name stays."""
+    return PurePath(value).name if value.startswith(("/", "~")) else value
+
+
+def _server_paths(value: Any) -> set[str]:
+    """Every absolute path a version's record holds (run, weights, base, data, report), at any depth."""
+    if isinstance(value, dict):
+        return set().union(*(_server_paths(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_server_paths(v) for v in value))
+    return {value} if isinstance(value, str) and value.startswith("/") and len(value) > 1 else set()
+
+
+def without_paths(text: str, version: dict[str, Any]) -> str:
+    """Text about a version with each server path replaced by its last name ($HONE_HOME by that word)."""
+    for path in sorted(_server_paths(version), key=len, reverse=True):
+        text = text.replace(path, PurePath(path).name)
+    text = text.replace(str(hone_home()), "$HONE_HOME")
+    return _ABSOLUTE_PATH.sub(lambda match: PurePath(match.group(0)).name, text)
+
+
+def _lineage(shown: dict[str, Any]) -> list[dict[str, Any]]:
+    """The lineage of `Registry.show` with the run and weights folders named, not placed."""
+    links = {link["stage"]: link for link in shown["lineage"]}
+    metrics = shown.get("metrics") or {}
+    evaluations = [{"against_version": e["against_version"], "verdict": e["verdict"], "actor": e["actor"],
+                    "created_at": e["created_at"],
+                    "reasons": [without_paths(str(r), shown) for r in (e["summary"] or {}).get("reasons") or []]}
+                   for e in shown.get("evaluations", [])]
+    return [
+        links["dataset"], links["job"],
+        {"stage": "run", "base_model": public_name(shown["base_model"]), "base_fingerprint": shown["base_fingerprint"],
+         "method": links["run"].get("method")} | {key: metrics.get(key) for key in ("steps", "tokens",
+                                                                                   "final_train_loss")},
+        {"stage": "weights", "folder": PurePath(shown["weights_dir"]).name,
+         "checkpoints": links["weights"]["checkpoints"]},
+        links["eval"] | {"evaluations": evaluations},
+    ]
+
+
+def _shown(request: Request, project: str, model: str, version: str) -> dict[str, Any]:
+    """One version of the caller's project as `Registry.show` gives it (404 for another project's)."""
+    registry = Registry(_db(request))
+    return registry.show(registry.resolve(project, model, version), project)
+
+
 def _version(shown: dict[str, Any]) -> dict[str, Any]:
-    return {key: shown.get(key) for key in Version.model_fields} | {"aliases": shown.get("aliases", [])}
+    return ({key: shown.get(key) for key in Version.model_fields}
+            | {"aliases": shown.get("aliases", []), "base_model": public_name(shown["base_model"])})
 
 
 @router.get("/registry/models", response_model=VersionList)
@@ -197,8 +375,38 @@ def list_versions(me: Viewer, request: Request, model: str | None = None) -> dic
 
 @router.get("/registry/models/{model}/versions/{version}", response_model=Version, responses=error_responses(404))
 def show_version(me: Viewer, request: Request, model: str, version: str) -> dict:
-    registry = Registry(_db(request))
-    return _version(registry.show(registry.resolve(me.project, model, version), me.project))
+    return _version(_shown(request, me.project, model, version))
+
+
+@router.get("/registry/models/{model}/versions/{version}/lineage", response_model=Lineage,
+            responses=error_responses(404))
+def version_lineage(me: Viewer, request: Request, model: str, version: str) -> dict:
+    """The version's chain: the data it trained on, its job, its run, its weights and its evaluations."""
+    shown = _shown(request, me.project, model, version)
+    return {key: shown[key] for key in ("name", "model", "version", "author")} | {"lineage": _lineage(shown)}
+
+
+@router.get("/registry/models/{model}/versions/{version}/card", response_model=ModelCard,
+            responses=error_responses(404))
+def version_card(me: Viewer, request: Request, model: str, version: str) -> dict:
+    """The version's model card (the README.md the worker writes next to its weights), as Markdown and metadata."""
+    shown = _shown(request, me.project, model, version)
+    card = model_card(shown | {"base_model": public_name(shown["base_model"])})
+    data = card.data
+    metadata = {"model_name": data.model_name, "base_model": data.base_model, "license": data.license,
+                "base_model_relation": data.base_model_relation, "library_name": data.library_name,
+                "datasets": data.datasets or [], "pipeline_tag": data.pipeline_tag, "tags": data.tags or [],
+                "eval_results": [asdict(figure) for figure in eval_figures(shown)]}
+    return {"name": shown["name"], "markdown": without_paths(str(card), shown), "metadata": metadata}
+
+
+@router.get("/registry/models/{model}/versions/{version}/document", response_model=TechnicalDocument,
+            responses=error_responses(404))
+def version_document(me: Viewer, request: Request, model: str, version: str) -> dict:
+    """The version's EU AI Act Annex IV technical documentation (`hone registry document`), as Markdown."""
+    shown = _shown(request, me.project, model, version)
+    markdown = technical_documentation(shown["name"], me.project, _db(request))
+    return {"name": shown["name"], "markdown": without_paths(markdown, shown)}
 
 
 @router.get("/registry/models/{model}/aliases", response_model=AliasList)

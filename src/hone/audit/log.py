@@ -143,13 +143,14 @@ def to_entry(row: AuditLogEntry) -> AuditEntry:
 
 
 def entries(limit: int = 50, project: str | None = None, db_url: str | None = None, *, action: str | None = None,
-            actor: str | None = None, object_id: str | None = None, since: datetime | str | None = None,
-            before: int | None = None) -> list[AuditEntry]:
+            actor: str | None = None, object_type: str | None = None, object_id: str | None = None,
+            since: datetime | str | None = None, before: int | None = None) -> list[AuditEntry]:
     """The newest `limit` entries, newest first, of one project or all; the other arguments keep only entries
-    with that action, actor or object id, created at or after `since`, or older than entry `before` (a seq)."""
+    with that action, actor, object type or object id, created at or after `since`, or older than entry `before`
+    (a seq)."""
     query = select(AuditLogEntry).order_by(AuditLogEntry.seq.desc()).limit(limit)
     wanted = {AuditLogEntry.project: project, AuditLogEntry.action: action, AuditLogEntry.actor: actor,
-              AuditLogEntry.object_id: object_id}
+              AuditLogEntry.object_type: object_type, AuditLogEntry.object_id: object_id}
     for column, value in wanted.items():
         if value is not None:
             query = query.where(column == value)

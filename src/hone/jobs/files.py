@@ -122,6 +122,12 @@ def _keep(temporary: Path, sha256: str) -> Path:
     return target
 
 
+def without_server_path(message: str, path: Path, filename: str) -> str:
+    """A problem message with the stored file's path (which a fix-it command quotes) told as the upload's name."""
+    name = Path(filename)
+    return message.replace(f"{path.parent}{os.sep}", "").replace(path.stem, name.stem)
+
+
 def _validation(path: Path) -> dict:
     """Format, counts and problems of a fine-tuning file (no tokenizer: token lengths are checked per job)."""
     try:
@@ -155,7 +161,11 @@ class FileStore:
             raise RequestError("the file is empty", param="file", code="invalid_file",
                                hint="upload a JSONL file with one training example per line")
         path = _keep(temporary, sha256)
-        return self._add(project, _safe_filename(filename), purpose, sha256, size, _validation(path), actor)
+        name = _safe_filename(filename)
+        outcome = _validation(path)
+        for problem in outcome["problems"]:  # the client never learns where the server keeps its files
+            problem["message"] = without_server_path(problem["message"], path, name)
+        return self._add(project, name, purpose, sha256, size, outcome, actor)
 
     def add_result(self, project: str, filename: str, content: bytes, actor: str | None = None) -> FileObject:
         """Store a file hone wrote for the user (a job's results CSV) with purpose fine-tune-results."""

@@ -48,6 +48,7 @@ CHECKPOINTS_PER_RUN = 10
 HELD_OUT = "heldout.jsonl"
 JOB_SETTINGS = "job.json"  # what the training process does besides training (the evaluation after it)
 MIN_HELD_OUT, MAX_HELD_OUT = 10, 100
+MAX_METRIC_POINTS = 10_000  # one page of a job's chart points: every step of most runs
 
 
 def jobs_dir() -> Path:
@@ -104,6 +105,11 @@ def checkpoint_object(checkpoint: JobCheckpoint) -> dict[str, Any]:
             "fine_tuned_model_checkpoint": checkpoint.fine_tuned_model_checkpoint,
             "fine_tuning_job_id": checkpoint.job_id, "step_number": checkpoint.step,
             "metrics": json.loads(checkpoint.metrics_json)}
+
+
+def metric_point(created_at, data_json: str) -> dict[str, Any]:
+    """A metrics event's figures as one point of the job's loss chart."""
+    return {**json.loads(data_json), "created_at": _epoch(created_at)}
 
 
 @dataclass
@@ -297,6 +303,18 @@ class JobService:
                 query = query.where(JobEvent.seq < cursor.seq)
             rows = db.scalars(query.order_by(JobEvent.seq.desc()).limit(limit + 1)).all()
         return Page([event_object(e) for e in rows[:limit]], len(rows) > limit)
+
+    def metrics(self, project: str, job_id: str, after_step: int | None = None, limit: int | None = None) -> Page:
+        """The job's logged steps in step order (a chart's points), those after step `after_step` only."""
+        limit = page_limit(limit, default=MAX_METRIC_POINTS, most=MAX_METRIC_POINTS)
+        with session(self.engine) as db:
+            self._job(db, project, job_id)
+            rows = db.execute(select(JobEvent.created_at, JobEvent.data_json)
+                              .where(JobEvent.job_id == job_id, JobEvent.type == "metrics")).all()
+        points = sorted((metric_point(created_at, data_json) for created_at, data_json in rows if data_json),
+                        key=lambda point: point["step"])  # step order, also when a resumed run logged late
+        later = [point for point in points if after_step is None or point["step"] > after_step]
+        return Page(later[:limit], len(later) > limit)
 
     def checkpoints(self, project: str, job_id: str, after: str | None = None, limit: int | None = None) -> Page:
         """The job's checkpoints, newest first, after the checkpoint `after`."""
