@@ -113,16 +113,17 @@ def test_hone_db_upgrade_stamps_and_upgrades_a_database_from_before_migrations(d
     key = old_database(db_url)
     before = cli_json("db", "current", "--db", db_url)
     assert before["revision"] is None and before["pre_migrations"] and not before["up_to_date"]
-    assert before["pending"] == ["0002", "0003", "0004", "0005", "0006"] and before["head"] == head_revision() == "0006"
+    assert before["pending"] == ["0002", "0003", "0004", "0005", "0006", "0007"]
+    assert before["head"] == head_revision() == "0007"
 
     upgraded = cli_json("db", "upgrade", "--db", db_url)
-    assert upgraded["before"] is None and upgraded["after"] == "0006"
-    assert upgraded["applied"] == ["0002", "0003", "0004", "0005", "0006"]
+    assert upgraded["before"] is None and upgraded["after"] == "0007"
+    assert upgraded["applied"] == ["0002", "0003", "0004", "0005", "0006", "0007"]
     assert upgraded["stamped_pre_migrations"]
     after = cli_json("db", "current", "--db", db_url)
-    assert after["revision"] == "0006" and after["up_to_date"] and after["pending"] == []
+    assert after["revision"] == "0007" and after["up_to_date"] and after["pending"] == []
     again = cli_json("db", "upgrade", "--db", db_url)
-    assert again["before"] == again["after"] == "0006" and again["applied"] == []
+    assert again["before"] == again["after"] == "0007" and again["applied"] == []
 
     keys = KeyStore(db_url)
     assert keys.verify(key) and [k["name"] for k in keys.list()] == ["support-app"]
@@ -155,7 +156,7 @@ def test_migrations_build_exactly_the_tables_hone_declares(db_url):
     """A change to hone/store/tables.py without a migration for it fails here."""
     assert schema_differences(db_url) == []
     with engine_for(db_url).connect() as connection:
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0005"]
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0007"]
 
 
 STARTER = """
@@ -180,7 +181,7 @@ def test_processes_starting_at_once_migrate_the_database_once(db_url, tmp_path):
         _, errors = starter.communicate(timeout=60)
         assert starter.returncode == 0, errors
     with engine_for(db_url).connect() as connection:
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0005"]
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0007"]
     assert schema_differences(db_url) == []
 
 
@@ -215,5 +216,5 @@ def test_hone_db_current_reports_a_missing_sqlite_file_without_creating_it(tmp_p
     path = tmp_path / "new" / "hone.db"
     state = cli_json("db", "current", "--db", f"sqlite:///{path}")
     assert state["revision"] is None and not state["up_to_date"]
-    assert state["pending"] == ["0001", "0002", "0003", "0004", "0005", "0006"]
+    assert state["pending"] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
     assert not path.parent.exists()

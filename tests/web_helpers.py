@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import CHROMIUM, serve_app
+from fastapi import FastAPI
 
 from hone.api.app import create_app
 from hone.api.keys import KeyStore
@@ -30,12 +31,14 @@ needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium i
 
 @dataclass
 class Dashboard:
-    """A running `hone serve` app: its root URL (the dashboard), its /v1 URL, the keys by name, the database."""
+    """A running `hone serve` app: its root URL (the dashboard), its /v1 URL, the keys by name, the database and
+    the application itself."""
 
     root: str
     api: str
     keys: dict[str, str]
     db: str
+    app: FastAPI
 
     def client(self, key_name: str) -> httpx.Client:
         """An HTTP client for the /v1 API with one key."""
@@ -51,8 +54,9 @@ def dashboard_server(model_dir: Path, tmp_path: Path, *, worker: bool = True, **
     keys = {name: store.create(name, project=project, role=role) for name, (project, role) in KEYS.items()}
     settings = {"base": str(model_dir), "base_id": "tiny", "dtype": "fp32", "threads": 1, "database": db,
                 "models": {"tiny": {"capture": True}}, "jobs": {"worker": worker, "poll_s": 0.05}} | config
-    with serve_app(create_app(ServeConfig(**settings))) as url:
-        yield Dashboard(url.removesuffix("/v1"), url, keys, db)
+    app = create_app(ServeConfig(**settings))
+    with serve_app(app) as url:
+        yield Dashboard(url.removesuffix("/v1"), url, keys, db, app)
 
 
 def login(page, dashboard: Dashboard, key_name: str, next_path: str = "/") -> None:

@@ -51,7 +51,7 @@ def _digits(metric: str) -> int:
     return 3 if metric in ("latency_s", "perplexity") else 2
 
 
-def _metric_cis(scores: list[dict], seed: int) -> dict[str, dict]:
+def metric_intervals(scores: list[dict], seed: int = 0) -> dict[str, dict]:
     """Every metric's mean (as `aggregate` computes it) with its bootstrap 95% CI; None where it does not apply."""
     means = aggregate(scores)
     result = {}
@@ -95,7 +95,7 @@ def slice_report(scores: dict[str, list[dict]], metadata: list[dict[str, Any]], 
         for value in sorted(set(values), key=lambda v: (v == MISSING, v)):
             members = [i for i, v in enumerate(values) if v == value]
             groups.append({"field": name, "value": value, "n": len(members),
-                           "candidates": {candidate: _metric_cis([rows[i] for i in members], seed)
+                           "candidates": {candidate: metric_intervals([rows[i] for i in members], seed)
                                           for candidate, rows in scores.items()}})
             if len(members) < min_examples:
                 small.append(f"{name}={value} (n={len(members)})")

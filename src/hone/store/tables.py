@@ -376,3 +376,56 @@ class WebSession(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class ReviewRound(Base):
+    """A human review round (`review-...`): two candidates' replies to sampled prompts, judged blind side by side."""
+
+    __tablename__ = "review_rounds"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project: Mapped[str] = project_column()
+    name: Mapped[str] = mapped_column(String(256))
+    source: Mapped[str] = mapped_column(String(16))  # evaluation | traffic
+    evaluation_id: Mapped[int | None] = mapped_column(Integer, default=None, index=True)  # version_evaluations.id
+    model_version: Mapped[str | None] = mapped_column(String(512), default=None, index=True)  # evaluated version
+    model: Mapped[str | None] = mapped_column(String(256), default=None)  # traffic: the model requests named
+    candidates_json: Mapped[str] = mapped_column(Text)  # [first, second]: never shown to a reviewer
+    seed: Mapped[int] = mapped_column(Integer)
+    repeats: Mapped[int] = mapped_column(Integer)  # items each reviewer sees twice, sides swapped
+    actor: Mapped[str | None] = mapped_column(String(128), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, index=True)
+
+
+class ReviewItem(Base):
+    """One sampled prompt of a round with the first and second candidate's replies (and the LLM judge's verdict)."""
+
+    __tablename__ = "review_items"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    round_id: Mapped[str] = mapped_column(ForeignKey("review_rounds.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    source_ref: Mapped[str] = mapped_column(String(160))  # the eval example's index or the captured response id
+    prompt_json: Mapped[str] = mapped_column(Text)
+    first_reply: Mapped[str] = mapped_column(Text)
+    second_reply: Mapped[str] = mapped_column(Text)
+    judge_outcome: Mapped[str | None] = mapped_column(String(16), default=None)  # first | second | tie
+
+
+class ReviewAssignment(Base):
+    """An item as one reviewer sees it (`ritem-...`): its place in their order, which side is A, and their judgment."""
+
+    __tablename__ = "review_assignments"
+    __table_args__ = (UniqueConstraint("round_id", "reviewer", "position", name="uq_review_assignments_place"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    round_id: Mapped[str] = mapped_column(ForeignKey("review_rounds.id", ondelete="CASCADE"), index=True)
+    reviewer: Mapped[str] = mapped_column(String(128), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    item_id: Mapped[int] = mapped_column(ForeignKey("review_items.id", ondelete="CASCADE"))
+    swapped: Mapped[int] = mapped_column(Integer)  # 1: reply A is the second candidate's
+    repeat: Mapped[int] = mapped_column(Integer)  # 1: the second showing of an item, for self-consistency
+    choice: Mapped[str | None] = mapped_column(String(16), default=None)  # A | B | tie | both_bad
+    corrected_answer: Mapped[str | None] = mapped_column(Text, default=None)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    judged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

@@ -20,6 +20,7 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("token_hash"),
     )
+    op.create_index("ix_web_sessions_project", "web_sessions", ["project"])
     op.create_index("ix_web_sessions_expires_at", "web_sessions", ["expires_at"])
 
 
