@@ -37,7 +37,8 @@ def eval_report(examples: int, judge: bool = True) -> dict:
     """A full eval report with per-example replies of FIRST and SECOND (and the judge's pairwise outcomes)."""
     rows = [{"index": i, "prompt": [{"role": "user", "content": f"Question {i}: what is {i} plus {i}?"}],
              "reference": str(2 * i),
-             "outputs": {FIRST: {"text": f"I think it is {2 * i + 1}."}, SECOND: {"text": f"It is {2 * i}."}}}
+             "outputs": {FIRST: {"text": f"I think it is {2 * i + 1}.", "label": None, "scores": {"exact_match": 0.0}},
+                         SECOND: {"text": f"It is {2 * i}.", "label": None, "scores": {"exact_match": 1.0}}}}
             for i in range(examples)]
     outcomes = ["win" if i % 3 else "tie" for i in range(examples)]
     return {"candidates": [{"name": FIRST, "kind": "base"}, {"name": SECOND, "kind": "adapter"}],

@@ -124,6 +124,13 @@ def test_two_reviewers_results_and_an_export_that_hone_validates(dashboard, tiny
     assert results["judge_agreement"]["items"] > 0
     listed = developer.get("/reviews", params={"evaluation": created["evaluation"]}).json()
     assert listed["object"] == "list" and created["id"] in [r["id"] for r in listed["data"]]
+    # the results flow into the evaluation's page: the round, its kappa and each candidate's win rate
+    shown = _logged_in(dashboard, "alpha-dev")[0].get(f"/evaluations/{created['evaluation']}").text
+    section = shown[shown.index('data-section="human-review"'):]
+    assert "Two reviewers" in section and f"κ = {results['agreement']['kappa']:.2f}" in section
+    assert f"{SECOND}: {wins[SECOND]['win_rate'] * 100:.0f}%" in section
+    blind = _logged_in(dashboard, "alpha-viewer")[0].get(f"/evaluations/{created['evaluation']}").text
+    assert "Two reviewers" not in blind and "needs the developer role" in blind
 
     exported = developer.post(f"/reviews/{created['id']}/export").json()
     assert exported["corrections"] == 1 and exported["pairs"] >= ITEMS

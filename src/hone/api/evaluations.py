@@ -324,8 +324,17 @@ def _example(example: dict[str, Any], report: dict[str, Any], known: set[str]) -
             "judge": browse.judge_outcome(report, example["index"]) if candidate else None}
 
 
-def _report_of(record: EvaluationRecord) -> dict[str, Any]:
+# What a report written by `hone eval` always holds; a file without them is shown as the summary alone.
+FULL_REPORT_KEYS = frozenset({"candidates", "aggregates", "examples", "verdict"})
+
+
+def _full_report(record: EvaluationRecord) -> dict[str, Any] | None:
     report = record.report()
+    return report if report is not None and FULL_REPORT_KEYS <= report.keys() else None
+
+
+def _report_of(record: EvaluationRecord) -> dict[str, Any]:
+    report = _full_report(record)
     if report is None:
         raise NotFoundError(f"The full report of evaluation '{record.id}' is no longer on the server: evaluate the "
                             "version again", param="evaluation_id", code="report_not_found")
@@ -345,7 +354,7 @@ def evaluation(me: Viewer, request: Request, evaluation_id: str) -> dict:
     verdict with its reasons, the confusion matrix, forgetting and the judge; without a report on disk, its
     summary alone."""
     record = get_evaluation(me.project, evaluation_id, _db(request))
-    report = record.report()
+    report = _full_report(record)
     shown = _full(record, report) if report is not None else _summary(record, False) | {"object": "evaluation.report"}
     return _clean(shown, _known_paths(report))
 

@@ -63,19 +63,17 @@ def _charts(report: dict[str, Any]) -> list[tuple[str, Markup]]:
     return [(title, Markup(svg)) for title, svg in drawn if svg]
 
 
-async def _reviews(api: Api, evaluation_id: str) -> tuple[list[dict] | None, str | None]:
-    """Human review results for the evaluation from /v1/reviews (None while that route does not answer), or the
-    API's message when the visitor may not see them."""
+async def _reviews(api: Api, evaluation_id: str) -> tuple[list[dict], str | None]:
+    """The human review rounds of the evaluation, each with its results, or the API's message when the visitor may
+    not see them (reviewers stay blind to which candidate wins)."""
     try:
-        answer = await api.call("GET", "/v1/reviews", params={"evaluation": evaluation_id})
+        rounds = (await api.get("/v1/reviews", evaluation=evaluation_id))["data"]
     except ApiFailure as failure:
-        if failure.status in (404, 405):
-            return None, None
         if failure.status == 403:
-            return None, failure.message
+            return [], failure.message
         raise
-    body = answer.json()
-    return (body["data"] if isinstance(body, dict) and isinstance(body.get("data"), list) else None), None
+    return [{"round": found, "results": await api.get(f"/v1/reviews/{path_part(found['id'])}/results")}
+            for found in rounds], None
 
 
 def _diffed(examples: list[dict], baseline: str, against: str) -> list[dict]:
