@@ -80,6 +80,8 @@ def test_lineage_card_and_document_name_ids_and_fingerprints_but_no_server_path(
     assert evaluation["evaluations"][0]["reasons"] == ["primary metric says SHIP"]
     against = viewer.get(f"{API}/2/lineage").json()["lineage"][4]["evaluations"]
     assert [e["against_version"] for e in against] == [None, first]
+    # each evaluation is the one GET /v1/evaluations/{id} answers for
+    assert viewer.get(f"/evaluations/{against[1]['id']}").json()["against"] == first
 
     card = viewer.get(f"{API}/v1/card").json()
     assert card["metadata"]["base_model"] == "tiny-base" and card["markdown"].startswith("---\n")

@@ -233,6 +233,7 @@ class WeightsLink(BaseModel):
 class Evaluation(BaseModel):
     """One evaluation the version carries: its verdict against the base (`against_version` null) or a version."""
 
+    id: str = Field(description="Its id in GET /v1/evaluations (eval-N).")
     against_version: str | None = None
     verdict: str | None = None
     reasons: list[str] = []
@@ -336,8 +337,8 @@ def _lineage(shown: dict[str, Any]) -> list[dict[str, Any]]:
     """The lineage of `Registry.show` with the run and weights folders named, not placed."""
     links = {link["stage"]: link for link in shown["lineage"]}
     metrics = shown.get("metrics") or {}
-    evaluations = [{"against_version": e["against_version"], "verdict": e["verdict"], "actor": e["actor"],
-                    "created_at": e["created_at"],
+    evaluations = [{"id": e["id"], "against_version": e["against_version"], "verdict": e["verdict"],
+                    "actor": e["actor"], "created_at": e["created_at"],
                     "reasons": [without_paths(str(r), shown) for r in (e["summary"] or {}).get("reasons") or []]}
                    for e in shown.get("evaluations", [])]
     return [

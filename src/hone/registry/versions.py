@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from hone import audit
 from hone.errors import NotFoundError
+from hone.eval.records import ID_PREFIX as EVALUATION_ID_PREFIX
 from hone.registry.promotion import record_evaluation
 from hone.store import engine_for, session
 from hone.store.tables import (
@@ -177,7 +178,8 @@ class Registry:
             "alias_history": [{"alias": m.alias, "action": m.action, "from_version": m.from_version,
                                "to_version": m.to_version, "actor": m.actor, "reason": m.reason,
                                "created_at": iso_utc(m.created_at)} for m in moves],
-            "evaluations": [{"against_version": e.against_version, "verdict": e.verdict, "actor": e.actor,
+            "evaluations": [{"id": f"{EVALUATION_ID_PREFIX}{e.id}", "against_version": e.against_version,
+                             "verdict": e.verdict, "actor": e.actor,
                              "created_at": iso_utc(e.created_at), "summary": json.loads(e.summary_json)}
                             for e in evaluations],
         }
