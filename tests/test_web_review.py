@@ -141,6 +141,10 @@ def test_two_reviewers_results_and_an_export_that_hone_validates(dashboard, tiny
         assert report.format == expected and report.ok, report.errors
         assert developer.get(f"/files/{made['id']}").json()["purpose"] == "fine-tune"
     assert dashboard.client("beta-dev").get(f"/files/{exported['preference_file']['id']}").status_code == 404
+    # the corrections are also a curated dataset version the project's Datasets page lists
+    version = developer.get(f"/datasets/{exported['corrections_dataset']}").json()
+    assert version["counts"]["train"] == 1 and "pii" in [step["name"] for step in version["steps"]]
+    assert dashboard.client("beta-dev").get(f"/datasets/{exported['corrections_dataset']}").status_code == 404
     only = developer.post(f"/reviews/{created['id']}/export", json={"corrections": False}).json()
     assert only["corrections_file"] is None and only["preference_file"]["examples"] == exported["pairs"]
 

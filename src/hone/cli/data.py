@@ -95,10 +95,13 @@ def prepare(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Clean, scrub PII, deduplicate, filter, decontaminate and split data into a versioned dataset folder."""
+    from hone.cli.output import cli_actor
     from hone.data.curate.pii import undetectable_warning
     from hone.data.curate.prepare import PrepareConfig, load_prepare_config
     from hone.data.curate.prepare import prepare as build
+    from hone.data.versions import record_prepared
     from hone.settings import validate as validate_settings
+    from hone.store import engine_for, session
 
     overrides = {k: v for k, v in {"out": out, "strict": strict or None}.items() if v is not None}
     if source.suffix in (".yaml", ".yml"):
@@ -111,7 +114,8 @@ def prepare(
     if config.pii is not None and (pii_warning := undetectable_warning(config.pii)):
         stderr.print(f"warning: {pii_warning}", markup=False, highlight=False)
     manifest = build(config, force=force)
-    _record_prepared(manifest, Path(config.out), project, db)
+    with session(engine_for(db)) as transaction:
+        record_prepared(transaction, manifest, Path(config.out), project, cli_actor())
     if as_json:
         emit_json(manifest)
         return
@@ -127,18 +131,3 @@ def prepare(
     console.print(f"dataset id {manifest['dataset_id']}")
     console.print(f"report: {config.out / 'report.html'}")
     print(config.out)
-
-
-def _record_prepared(manifest: dict, out: Path, project: str, db_url: str | None) -> None:
-    """Append "dataset.prepared" to the audit log: the folder's name (not where it lies on this machine), the
-    counts of each curation step in order and the PII found."""
-    from hone import audit
-    from hone.cli.output import cli_actor
-    from hone.store import engine_for, session
-
-    steps = [{"name": step["name"], "counts": step["counts"], "removed": step["removed"]} for step in manifest["steps"]]
-    pii = next((step["counts"] for step in manifest["steps"] if step["name"] == "pii"), {})
-    details = {"out": out.name, "counts": manifest["counts"], "steps": steps, "pii": pii}
-    with session(engine_for(db_url)) as db:
-        audit.record(db, project=project, actor=cli_actor(), action="dataset.prepared", object_type="dataset",
-                     object_id=manifest["dataset_id"], details=details)

@@ -31,6 +31,19 @@ DUPLICATE_STEPS = {"exact_dedup": "exact", "near_dedup": "near"}
 PII_NOT_FOUND = ("examples_with_pii", "kept")  # the pii step's counts that are not an entity type
 
 
+def record_prepared(db, manifest: dict, out: Path, project: str, actor: str | None) -> None:
+    """Append "dataset.prepared" to the audit log inside `db`'s transaction: the folder's name (not where it lies
+    on this machine), the counts of each curation step in order and the PII found. The server lists a version under
+    $HONE_HOME/datasets for the project this entry names."""
+    from hone import audit
+
+    steps = [{"name": step["name"], "counts": step["counts"], "removed": step["removed"]} for step in manifest["steps"]]
+    pii = next((step["counts"] for step in manifest["steps"] if step["name"] == "pii"), {})
+    details = {"out": Path(out).name, "counts": manifest["counts"], "steps": steps, "pii": pii}
+    audit.record(db, project=project, actor=actor, action="dataset.prepared", object_type="dataset",
+                 object_id=manifest["dataset_id"], details=details)
+
+
 def datasets_dir() -> Path:
     """Where the server looks for dataset versions: `$HONE_HOME/datasets/NAME` (`hone data prepare --out`)."""
     return hone_home() / "datasets"

@@ -18,9 +18,11 @@ import hashlib
 import json
 import random
 import secrets
+import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
@@ -28,6 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from hone import audit
+from hone.data.versions import datasets_dir, record_prepared
 from hone.errors import ConflictError, NotFoundError, RequestError
 from hone.eval.records import ID_PREFIX, EvaluationRecord, get_evaluation, list_evaluations
 from hone.eval.stats import bootstrap_mean_ci
@@ -277,6 +280,8 @@ class Export(BaseModel):
     corrections: int
     pairs: int
     corrections_file: ExportedFile | None = Field(None, description="Chat JSONL: prompt + corrected answer.")
+    corrections_dataset: str | None = Field(None, description="The corrections curated (PII masked, deduplicated) "
+                                            "into a dataset version under $HONE_HOME/datasets: its id.")
     preference_file: ExportedFile | None = Field(None, description="OpenAI DPO JSONL.")
     skipped: Skipped
 
@@ -627,10 +632,14 @@ class ReviewStore:
         wanted = {"corrections": chat if corrections else [], "preferences": pairs if preferences else []}
         stored = {kind: self._stored(files, project, f"{round_id}-{kind}.jsonl", lines, actor)
                   for kind, lines in wanted.items() if lines}
+        dataset = corrections_dataset(round_id, wanted["corrections"]) if wanted["corrections"] else None
         result = Export(round=round_id, corrections=len(wanted["corrections"]), pairs=len(wanted["preferences"]),
                         skipped=skipped, corrections_file=stored.get("corrections"),
+                        corrections_dataset=dataset[0]["dataset_id"] if dataset else None,
                         preference_file=stored.get("preferences"))
         with session(self.engine) as db:
+            if dataset:
+                record_prepared(db, *dataset, project, actor)
             audit.record(db, project=project, actor=actor, action="review.exported", object_type="review_round",
                          object_id=round_id, details={"corrections": result.corrections, "pairs": result.pairs,
                                                       "files": [f.id for f in stored.values()],
@@ -642,6 +651,21 @@ class ReviewStore:
         content = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode()
         made = files.upload(project, [content], filename, "fine-tune", actor=actor)
         return ExportedFile(id=made.id, filename=made.filename, examples=made.examples, errors=made.errors)
+
+
+def corrections_dataset(round_id: str, lines: list[dict]) -> tuple[dict, Path]:
+    """The corrected answers curated as `hone data prepare` does (clean, PII, dedup, quality; all in train) into
+    `$HONE_HOME/datasets/{round}-corrections-{hash}`, a folder per distinct set of corrections: (manifest, folder)."""
+    from hone.data.curate.prepare import InputSpec, PrepareConfig, SplitSettings, prepare
+
+    content = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    out = datasets_dir() / f"{round_id}-corrections-{hashlib.sha256(content.encode()).hexdigest()[:12]}"
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / f"{round_id}-corrections.jsonl"
+        source.write_text(content, encoding="utf-8")
+        manifest = prepare(PrepareConfig(inputs=[InputSpec(path=source)], out=out,
+                                         split=SplitSettings(train=1.0, val=0, test=0)))
+    return manifest, out
 
 
 def training_lines(judged: list[tuple[ReviewAssignment, ReviewItem]]) -> tuple[list[dict], list[dict], Skipped]:
