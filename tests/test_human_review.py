@@ -286,3 +286,27 @@ def test_a_round_from_shadow_traffic_pairs_champion_and_challenger_on_the_same_r
     number = item.prompt[0].content[-2]
     assert {item.reply_a, item.reply_b} == {f"champion {number}", f"challenger {number}"}
     assert "<PERSON>" in item.prompt[0].content
+
+
+def test_the_command_line_starts_a_round_reads_its_results_and_exports(db_url, tmp_path):
+    from typer.testing import CliRunner
+
+    from hone.cli import app as cli
+
+    version = register_reviewed_version(db_url, tmp_path / "eval", examples=6)
+    run = CliRunner()
+    created = run.invoke(cli, ["review", "create", "--model-version", version, "--items", "6", "--db", db_url,
+                               "--json"])
+    assert created.exit_code == 0, created.output
+    round_id = json.loads(created.output)["id"]
+    _judge_all(ReviewStore(db_url), round_id, "ann", prefer="second")
+    _judge_all(ReviewStore(db_url), round_id, "bob", prefer="second")
+    shown = run.invoke(cli, ["review", "results", round_id, "--db", db_url])
+    assert shown.exit_code == 0 and f"{SECOND}: win rate 100%" in shown.output
+    assert "agreement beyond chance is undefined" in shown.output  # both reviewers always chose the same side
+    listed = run.invoke(cli, ["review", "list", "--db", db_url, "--json"])
+    assert [r["id"] for r in json.loads(listed.output)["data"]] == [round_id]
+    exported = run.invoke(cli, ["review", "export", round_id, "--db", db_url, "--json"])
+    assert exported.exit_code == 0 and json.loads(exported.output)["pairs"] == 6
+    missing = run.invoke(cli, ["review", "results", "review-nosuch", "--db", db_url])
+    assert missing.exit_code != 0 and "review-nosuch" in str(missing.exception)

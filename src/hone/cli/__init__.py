@@ -24,6 +24,7 @@ from hone.cli import (
     monitor,
     projects,
     registry,
+    review,
     serve,
     train,
     tune,
@@ -57,6 +58,7 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(monitor.app, name="monitor")
 app.add_typer(canary.app, name="canary")
 app.add_typer(loop.app, name="loop")
+app.add_typer(review.app, name="review")
 
 
 def main() -> None:
