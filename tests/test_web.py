@@ -5,6 +5,7 @@ overview, pass the accessibility check."""
 
 from __future__ import annotations
 
+import html
 import re
 
 import httpx
@@ -78,8 +79,12 @@ def test_logging_out_or_revoking_the_key_ends_the_session(dashboard):
     assert client.get("/v1/files").status_code == 401
 
     viewer = _logged_in(dashboard, "alpha-viewer")
-    KeyStore(dashboard.db).revoke("alpha-viewer")
+    keys = KeyStore(dashboard.db)
+    keys.revoke("alpha-viewer")
     assert viewer.get("/").headers["location"] == "/login?next=/"
+    assert viewer.get("/v1/files").json()["error"]["code"] == "session_expired"
+    # a new key given the revoked key's name (a rotation) does not bring the old session back, in any project
+    keys.create("alpha-viewer", project="beta", role="admin")
     assert viewer.get("/v1/files").json()["error"]["code"] == "session_expired"
 
 
@@ -104,3 +109,32 @@ def test_log_in_in_a_real_browser_and_see_the_overview(dashboard, page):
     page.get_by_role("button", name="Log out").click()
     page.wait_for_url(re.compile(r".*/login$"))
     assert accessibility_problems(page) == []
+
+
+def test_a_server_without_keys_opens_a_session_only_on_a_click(tiny_model_dir, tmp_path):
+    from conftest import serve_app
+
+    from hone.api.app import create_app
+    from hone.audit import entries
+    from hone.serve.config import ServeConfig
+
+    db = f"sqlite:///{tmp_path / 'open.db'}"
+    config = ServeConfig(base=str(tiny_model_dir), base_id="tiny", dtype="fp32", threads=1, database=db,
+                         jobs={"worker": False})
+    with serve_app(create_app(config)) as url:
+        client = httpx.Client(base_url=url.removesuffix("/v1"))
+        for _ in range(3):  # crawlers and probes following the redirect open nothing
+            form = client.get("/login")
+            assert "needs no API key" in form.text and "hone_session" not in form.headers.get("set-cookie", "")
+        assert entries(10, None, db, action="session.opened") == []
+        opened = client.post("/login", data={"csrf_token": _login_token(client), "next": "/jobs"})
+        assert opened.status_code == 303 and opened.headers["location"] == "/jobs"
+        assert "open access (developer)" in client.get("/").text
+        assert len(entries(10, None, db, action="session.opened")) == 1
+
+
+def test_a_form_field_sent_twice_is_refused_not_a_crash(dashboard):
+    client = _logged_in(dashboard, "alpha-dev")
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/").text).group(1)
+    doubled = client.post("/review", data={"csrf_token": csrf, "name": ["a", "b"]})
+    assert doubled.status_code == 400 and "'name' was sent 2 times" in html.unescape(doubled.text)

@@ -252,6 +252,20 @@ def test_the_stream_stops_when_the_visitor_leaves_or_the_session_ends():
     assert sent == ['event: failure\ndata: {"status": 401, "message": "Your session has ended; log in again"}\n\n']
 
 
+def test_a_stream_ends_by_itself_after_its_longest_life(monkeypatch):
+    import hone.web.pages.jobs as jobs_page
+
+    monkeypatch.setattr(jobs_page, "STREAM_MAX_S", 0.3)
+    monkeypatch.setattr(jobs_page, "POLL_S", 0.05)
+    api = RunningJob()
+
+    async def stays():
+        return False
+
+    sent = _collect(job_updates(api, "ftjob-x", None, None, stays))  # a job that runs forever
+    assert sent[0].startswith("event: job") and 4 <= api.reads <= 4 * 8  # the browser's EventSource reconnects
+
+
 def test_the_eta_is_the_time_per_step_so_far_times_the_steps_left():
     point = {"step": 10, "total_steps": 40, "tokens": 1000, "tokens_per_s": 100.0}  # 10 s of training so far
     assert progress([point], "running")["eta"] == "about 30 s"

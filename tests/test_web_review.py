@@ -111,6 +111,10 @@ def test_two_reviewers_results_and_an_export_that_hone_validates(dashboard, tiny
     assert _judge_all(dashboard.client("alpha-viewer"), created["id"], prefer_first=False) == ITEMS + 1
     approver = dashboard.client("alpha-approver")
     assert _judge_all(approver, created["id"], prefer_first=False) == ITEMS + 1
+    # a viewer who reviews this round cannot read the evaluation's replies by candidate: the round stays blind
+    unblinding = dashboard.client("alpha-viewer").get(f"/evaluations/{created['evaluation']}/examples")
+    assert unblinding.status_code == 403 and unblinding.json()["error"]["code"] == "blind_reviewer"
+    assert developer.get(f"/evaluations/{created['evaluation']}/examples").status_code != 403
     first_item = approver.get(f"/reviews/{created['id']}/items").json()["data"][0]
     replaced = approver.post(f"/reviews/{created['id']}/items/{first_item['id']}/judgment",
                              json={"choice": "both_bad", "corrected_answer": "It is exactly 4.", "reason": "wrong"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
@@ -49,6 +50,7 @@ class KeyAuth:
     def __init__(self, database: str | None, api_keys: Sequence[str] = (), required: bool = False):
         self.store = KeyStore(database)
         self.sessions = Sessions(database)
+        self._session_secret = secrets.token_bytes(32)
         self._cli_keys = [hashlib.sha256(key.encode()).digest() for key in api_keys]  # never kept in plain text
         if required and not self.keys_required():
             raise HoneError("api_key_required is set but no API key exists",
@@ -80,12 +82,19 @@ class KeyAuth:
         """Check `key` and open a dashboard session for it: (caller, cookie token, CSRF token); APIError 401 for a
         wrong key. A server that needs no key opens a session for anyone."""
         caller = self.caller(f"Bearer {key}" if key else "")
-        command_line_key = None
-        if caller.key_name is None and self.keys_required():
-            command_line_key = hashlib.sha256(key.encode()).hexdigest()
-        token, csrf = self.sessions.open(project=caller.project, key_name=caller.key_name,
-                                         command_line_key=command_line_key, actor=caller.actor)
+        key_id, command_line_key = None, None
+        if caller.key_name is not None:
+            key_id = self.store.identify(key).id
+        elif self.keys_required():
+            command_line_key = self._session_mark(hashlib.sha256(key.encode()).digest())
+        token, csrf = self.sessions.open(project=caller.project, key_id=key_id, command_line_key=command_line_key,
+                                         actor=caller.actor)
         return caller, token, csrf
+
+    def _session_mark(self, key_digest: bytes) -> str:
+        """What a session stores for a command-line key: an HMAC keyed by this process, so a copy of the database
+        reveals nothing about the key and a restarted server asks for a new login."""
+        return hmac.new(self._session_secret, key_digest, hashlib.sha256).hexdigest()
 
     def session_caller(self, token: str) -> tuple[Caller, OpenSession]:
         """The caller a session cookie stands for, checked against its key now; APIError 401 when the session
@@ -98,12 +107,11 @@ class KeyAuth:
         return caller, found
 
     def _session_key(self, found: OpenSession) -> Caller | None:
-        if found.key_name is not None:
-            identity = self.store.identify_name(found.key_name)
+        if found.key_id is not None:
+            identity = self.store.identify_id(found.key_id)
             return Caller(identity.project, identity.name, identity.role) if identity else None
         if found.command_line_key is not None:
-            digest = bytes.fromhex(found.command_line_key)
-            known = any(hmac.compare_digest(digest, key) for key in self._cli_keys)
+            known = any(hmac.compare_digest(found.command_line_key, self._session_mark(key)) for key in self._cli_keys)
             return Caller(DEFAULT_PROJECT, None, "admin") if known else None
         return None if self.keys_required() else Caller(DEFAULT_PROJECT, None, "developer")
 

@@ -18,9 +18,11 @@ from pydantic import BaseModel, Field
 
 from hone.api.auth import Viewer
 from hone.api.errors import error_responses
+from hone.api.keys import role_allows
 from hone.api.registry import public_name, without_paths
-from hone.errors import NotFoundError
+from hone.errors import ForbiddenError, NotFoundError
 from hone.eval import browse
+from hone.eval.human_review import ReviewStore
 from hone.eval.metrics import METRIC_INFO
 from hone.eval.records import EvaluationRecord, get_evaluation, list_evaluations
 from hone.eval.report import shown_metrics
@@ -359,7 +361,8 @@ def evaluation(me: Viewer, request: Request, evaluation_id: str) -> dict:
     return _clean(shown, _known_paths(report))
 
 
-@router.get("/evaluations/{evaluation_id}/examples", response_model=ExampleList, responses=error_responses(400, 404))
+@router.get("/evaluations/{evaluation_id}/examples", response_model=ExampleList,
+            responses=error_responses(400, 403, 404))
 def evaluation_examples(me: Viewer, request: Request, evaluation_id: str, filter: Filter = "all",
                         offset: Annotated[int, Query(ge=0)] = 0,
                         limit: Annotated[int, Query(ge=1, le=MAX_EXAMPLES_PAGE)] = 20) -> dict:
@@ -367,6 +370,11 @@ def evaluation_examples(me: Viewer, request: Request, evaluation_id: str, filter
     keeps — `wrong` (the candidate's reply lacks full marks on the outcome metric), `disagree` (the candidate and
     the baseline score differently on it), `judge_disagree` (the LLM judge contradicts the metric)."""
     record = get_evaluation(me.project, evaluation_id, _db(request))
+    if not role_allows(me.role, "developer") and ReviewStore(_db(request)).reviews_blind(me.project, record.id,
+                                                                                         me.actor):
+        raise ForbiddenError("you review a blind round sampled from this evaluation: its replies by candidate stay "
+                             "hidden from you (a developer key can read them)", param="evaluation_id",
+                             code="blind_reviewer")
     report = _report_of(record)
     kept = browse.matching_examples(report, filter)
     known = _known_paths(report)

@@ -10,12 +10,12 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from hone import audit
 from hone.errors import HoneError
 from hone.store import engine_for, session
-from hone.store.tables import DEFAULT_PROJECT, ApiKey, iso_utc
+from hone.store.tables import DEFAULT_PROJECT, ApiKey, WebSession, iso_utc
 
 KEY_SCHEME = "hone-"
 PREFIX_LENGTH = len(KEY_SCHEME) + 8  # "hone-" and 8 random characters: enough to find a key, useless to guess it
@@ -40,6 +40,7 @@ class KeyIdentity:
     name: str
     project: str
     role: str
+    id: int | None = None  # the key's row: a later key given the same name is another key
 
 
 def _hash(plain_key: str, salt: bytes) -> bytes:
@@ -96,13 +97,13 @@ class KeyStore:
             candidates = db.scalars(select(ApiKey).where(ApiKey.prefix == plain_key[:PREFIX_LENGTH],
                                                          ApiKey.revoked_at.is_(None))).all()
         key = next((key for key in candidates if self._matches(key, plain_key)), None)
-        return KeyIdentity(key.name, key.project, key.role) if key else None
+        return KeyIdentity(key.name, key.project, key.role, key.id) if key else None
 
-    def identify_name(self, name: str) -> KeyIdentity | None:
-        """Who the active key called `name` is now, or None when it was revoked or never existed."""
+    def identify_id(self, key_id: int) -> KeyIdentity | None:
+        """Who the key stored as row `key_id` is now, or None when it was revoked or never existed."""
         with session(self.engine) as db:
-            key = self._active(db, name)
-            return KeyIdentity(key.name, key.project, key.role) if key else None
+            key = db.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)))
+            return KeyIdentity(key.name, key.project, key.role, key.id) if key else None
 
     def _matches(self, key: ApiKey, plain_key: str) -> bool:
         digest = hashlib.sha256(plain_key.encode()).digest()
@@ -137,6 +138,7 @@ class KeyStore:
                 raise HoneError(f"no active API key named {name!r}",
                                 hint=f"active keys: {', '.join(known)}" if known else "there are no active keys")
             key.revoked_at = datetime.now(UTC)
+            db.execute(delete(WebSession).where(WebSession.key_id == key.id))  # its dashboard sessions end with it
             audit.record(db, project=key.project, actor=actor, action="key.revoked", object_type="api_key",
                          object_id=name, details={"role": key.role})
         with self._lock:

@@ -28,8 +28,8 @@ class OpenSession:
     """A live session: whose key it stands for and the CSRF token its state changes must carry."""
 
     project: str
-    key_name: str | None
-    command_line_key: str | None  # sha256 hex of a key given on `hone serve --api-key`
+    key_id: int | None  # the row of a key made with `hone keys create`
+    command_line_key: str | None  # HMAC (keyed per server process) of a key given on `hone serve --api-key`
     csrf_token: str
 
 
@@ -43,13 +43,13 @@ class Sessions:
     def __init__(self, db_url: str | None = None):
         self.engine = engine_for(db_url)
 
-    def open(self, *, project: str, key_name: str | None, command_line_key: str | None, actor: str) -> tuple[str, str]:
+    def open(self, *, project: str, key_id: int | None, command_line_key: str | None, actor: str) -> tuple[str, str]:
         """Start a session for a checked key and return (cookie token, CSRF token); expired sessions are removed."""
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         now = datetime.now(UTC)
         with session(self.engine) as db:
             db.execute(delete(WebSession).where(WebSession.expires_at < now))
-            db.add(WebSession(token_hash=_token_hash(token), project=project, key_name=key_name,
+            db.add(WebSession(token_hash=_token_hash(token), project=project, key_id=key_id,
                               command_line_key=command_line_key, csrf_token=csrf, created_at=now,
                               expires_at=now + timedelta(hours=SESSION_HOURS)))
             audit.record(db, project=project, actor=actor, action="session.opened", object_type="web_session",
@@ -64,7 +64,7 @@ class Sessions:
             found = db.get(WebSession, _token_hash(token))
             if found is None or _aware(found.expires_at) < datetime.now(UTC):
                 return None
-            return OpenSession(found.project, found.key_name, found.command_line_key, found.csrf_token)
+            return OpenSession(found.project, found.key_id, found.command_line_key, found.csrf_token)
 
     def close(self, token: str, actor: str) -> None:
         """End the session behind a cookie (logging out); nothing happens when there is none."""

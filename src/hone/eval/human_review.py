@@ -490,6 +490,15 @@ class ReviewStore:
                      evaluation=f"{ID_PREFIX}{row.evaluation_id}" if reveal and row.evaluation_id else None,
                      model_version=row.model_version if reveal else None, model=row.model if reveal else None)
 
+    def reviews_blind(self, project: str, evaluation: str, reviewer: str) -> bool:
+        """Whether `reviewer` has items of a round sampled from `evaluation` (eval-N): such a reviewer must not
+        read that evaluation's replies by candidate, or the round is no longer blind."""
+        with session(self.engine) as db:
+            return db.scalar(select(ReviewAssignment.id).join(ReviewRound, ReviewRound.id == ReviewAssignment.round_id)
+                             .where(ReviewRound.project == project,
+                                    ReviewRound.evaluation_id == evaluation_id(evaluation),
+                                    ReviewAssignment.reviewer == reviewer).limit(1)) is not None
+
     def get(self, project: str, round_id: str, reviewer: str | None, reveal: bool) -> Round:
         """One round with the caller's progress; `reveal` adds what it compares (for developers and above)."""
         with session(self.engine) as db:
@@ -596,7 +605,8 @@ class ReviewStore:
             audit.record(db, project=project, actor=reviewer, action="review.judged", object_type="review_round",
                          object_id=round_id, details={"item": item_id, "choice": choice, "replaced": replaced,
                                                       "corrected": corrected_answer is not None,
-                                                      "reason": reason})
+                                                      # free text may quote users: the append-only log keeps none
+                                                      "reason": reason is not None})
             db.flush()
             return self._shown(db, found, len(shown))
 

@@ -371,8 +371,8 @@ class WebSession(Base):
 
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     project: Mapped[str] = project_column()
-    key_name: Mapped[str | None] = mapped_column(String(64), default=None)  # a key made with `hone keys create`
-    command_line_key: Mapped[str | None] = mapped_column(String(64), default=None)  # sha256 of a --api-key key
+    key_id: Mapped[int | None] = mapped_column(Integer, default=None)  # the row of a key made by `hone keys create`
+    command_line_key: Mapped[str | None] = mapped_column(String(64), default=None)  # HMAC of a --api-key key
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

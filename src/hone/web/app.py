@@ -39,13 +39,10 @@ def _secure(request: Request) -> bool:
 
 @router.get("/login")
 async def login_form(request: Request, next: str = "/"):
-    """The login form; a server that needs no key opens a session at once."""
-    auth = request.app.state.auth
-    if not auth.keys_required():
-        _, token, _ = await run_in_threadpool(auth.login, "")
-        return redirect(safe_next(next), cookies={SESSION_COOKIE: token}, secure=_secure(request))
+    """The login form (a server that needs no key asks only for a click: a GET never opens a session)."""
     login_csrf = secrets.token_urlsafe(24)
-    response = render(request, None, "login.html", next=safe_next(next), login_csrf=login_csrf)
+    response = render(request, None, "login.html", next=safe_next(next), login_csrf=login_csrf,
+                      open_server=not request.app.state.auth.keys_required())
     response.set_cookie(LOGIN_CSRF_COOKIE, login_csrf, httponly=True, samesite="strict", secure=_secure(request),
                         path="/login", max_age=3600)
     return response

@@ -164,8 +164,8 @@ def path_part(value: str) -> str:
 
 
 async def checked_form(request: Request, visitor: Visitor) -> dict[str, Any]:
-    """A submitted form's fields, after checking that it carries the visitor's CSRF token (ApiFailure 403 if not).
-    Repeated fields become lists; uploads stay UploadFile objects."""
+    """A submitted form's fields, after checking that it carries the visitor's CSRF token (ApiFailure 403 if not);
+    a field sent twice is refused (400), since every form names each field once. Uploads stay UploadFile objects."""
     form = await request.form()
     sent = form.get(CSRF_FIELD)
     if not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), visitor.csrf.encode()):
@@ -174,7 +174,10 @@ async def checked_form(request: Request, visitor: Visitor) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for key in form.keys():
         values = form.getlist(key)
-        fields[key] = values if len(values) > 1 else values[0]
+        if len(values) > 1:
+            raise ApiFailure(400, f"The form field '{key}' was sent {len(values)} times; send it once",
+                             code="invalid_value", param=key)
+        fields[key] = values[0]
     fields.pop(CSRF_FIELD, None)
     return fields
 

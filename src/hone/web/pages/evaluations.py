@@ -99,12 +99,18 @@ async def evaluation_page(request: Request, evaluation_id: str, visitor: Visitor
     keeps (the API refuses an unknown one) with replies diffed against the reference or the baseline (`diff`)."""
     path = f"/v1/evaluations/{path_part(evaluation_id)}"
     report = await api.get(path)
-    examples = None
+    examples, examples_refused = None, None
     if report["report_available"]:
-        examples = await api.get(f"{path}/examples", filter=filter, offset=offset, limit=PAGE_SIZE)
-        _diffed(examples["data"], examples["baseline"], "baseline" if diff == "baseline" else "reference")
+        try:
+            examples = await api.get(f"{path}/examples", filter=filter, offset=offset, limit=PAGE_SIZE)
+            _diffed(examples["data"], examples["baseline"], "baseline" if diff == "baseline" else "reference")
+        except ApiFailure as failure:
+            if failure.status != 403:  # a blind reviewer: the rest of the report still shows
+                raise
+            examples_refused = failure.message
     drawn = await run_in_threadpool(_charts, report) if report["report_available"] else []
     reviews, reviews_refused = await _reviews(api, report["id"])
     return render(request, visitor, "evaluations/evaluation.html", report=report, examples=examples, charts=drawn,
                   filters=FILTERS, diff_choices=DIFF_AGAINST, diff="baseline" if diff == "baseline" else "reference",
-                  page_size=PAGE_SIZE, reviews=reviews, reviews_refused=reviews_refused)
+                  page_size=PAGE_SIZE, reviews=reviews, reviews_refused=reviews_refused,
+                  examples_refused=examples_refused)

@@ -38,6 +38,8 @@ HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 ACTIONS = {"cancel": ACTIVE, "pause": tuple(s for s in ACTIVE if s != "paused"), "resume": ("paused",)}
 POLL_S = 0.5  # how often the live stream reads the job again
 KEEP_ALIVE_POLLS = 20  # a quiet stream sends a comment every 10 s, so proxies and clients keep it open
+PAUSED_POLL_S = 5.0  # a paused job changes only when someone resumes it
+STREAM_MAX_S = 600.0  # then the stream ends and the browser's EventSource reconnects: no stream lives for hours
 NEW_JOB = {"method": "lora", "n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto",
            "evaluate": "on", "replay": "on", "tracking": "on"}
 INTEGER = re.compile(r"^-?\d+$")
@@ -224,9 +226,10 @@ async def job_updates(api: PageApi, job_id: str, after_step: int | None, after_e
                       disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[str]:
     """The job's changes as server-sent events, read every POLL_S: `job` (status and actions), `metrics` (new
     points and the progress), `events` (new rows, oldest first), `checkpoints` (the list when it changes); `end`
-    once the job is finished. Stops when the visitor leaves."""
+    once the job is finished. Stops when the visitor leaves, or after STREAM_MAX_S (the browser reconnects)."""
     last_state, last_checkpoints, points_seen, quiet = None, None, after_step, 0
-    while not await disconnected():
+    deadline = asyncio.get_running_loop().time() + STREAM_MAX_S
+    while not await disconnected() and asyncio.get_running_loop().time() < deadline:
         try:
             job = await api.get(_job_path(job_id))
             points = await all_points(api, job_id, points_seen)
@@ -261,7 +264,7 @@ async def job_updates(api: PageApi, job_id: str, after_step: int | None, after_e
         if quiet >= KEEP_ALIVE_POLLS:
             yield ": still running\n\n"
             quiet = 0
-        await asyncio.sleep(POLL_S)
+        await asyncio.sleep(PAUSED_POLL_S if job["status"] == "paused" else POLL_S)
 
 
 @router.get("/jobs/{job_id}/stream")

@@ -1,5 +1,5 @@
 """Dashboard sessions: a login with an API key becomes a session cookie. Only the cookie's sha256 is stored, with
-the key's name (or the sha256 of a key given on `hone serve`'s command line) and the session's CSRF token."""
+the key's row id (or a per-process HMAC of a key given on `hone serve`'s command line) and the session's CSRF token."""
 
 import sqlalchemy as sa
 from alembic import op
@@ -13,7 +13,7 @@ def upgrade() -> None:
         "web_sessions",
         sa.Column("token_hash", sa.String(64), nullable=False),
         sa.Column("project", sa.String(64), server_default="default", nullable=False),
-        sa.Column("key_name", sa.String(64), nullable=True),
+        sa.Column("key_id", sa.Integer(), nullable=True),
         sa.Column("command_line_key", sa.String(64), nullable=True),
         sa.Column("csrf_token", sa.String(64), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
