@@ -90,5 +90,5 @@ def test_the_base_every_registered_version_and_every_alias_may_be_chosen():
 
 
 def test_each_project_is_offered_only_its_own_indexes(dashboard):
-    assert dashboard.client("alpha-viewer").get("/monitor/indexes").json()["data"] == ["kb-alpha"]
-    assert dashboard.client("beta-dev").get("/monitor/indexes").json()["data"] == ["kb-beta"]
+    assert dashboard.client("alpha-viewer").get("/indexes").json()["data"] == ["kb-alpha"]
+    assert dashboard.client("beta-dev").get("/indexes").json()["data"] == ["kb-beta"]

@@ -26,6 +26,7 @@ from hone.api import (
     evaluations,
     files,
     fine_tuning,
+    indexes,
     inference,
     loop,
     models,
@@ -46,7 +47,7 @@ STOP_GRACE_S = 90.0  # a running job writes its checkpoint before the server exi
 # Routers served under /v1, each request authenticated by API key (routes take `CurrentCaller` for the project).
 V1_ROUTERS = (models.router, inference.router, files.router, fine_tuning.router, audit.router, captures.router,
               registry.router, canary.router, monitor.router, loop.router, datasets.router, evaluations.router,
-              reviews.router)
+              reviews.router, indexes.router)
 # Routers open without a key.
 OPEN_ROUTERS = (admin.router,)
 # Bodies the routes document by reference (error bodies, stream chunks) rather than as their return type.

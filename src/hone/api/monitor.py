@@ -43,11 +43,6 @@ class MonitoredModelList(BaseModel):
     data: list[MonitoredModel]
 
 
-class IndexList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[str] = Field(description="The names of the retrieval indexes the project's requests may name "
-                            "(`index` in a completion request).")
-
 
 def traffic_by_model(project: str, db_url: str | None) -> list[MonitoredModel]:
     """Captured requests per model name and alias of `project`, most recent traffic first."""
@@ -65,13 +60,6 @@ def traffic_by_model(project: str, db_url: str | None) -> list[MonitoredModel]:
 async def models(request: Request, me: Viewer) -> MonitoredModelList:
     """The project's captured traffic per model name and alias: request counts and first and last request."""
     return MonitoredModelList(data=await run_in_threadpool(traffic_by_model, me.project, _db(request)))
-
-
-# Listed here until an /v1/indexes router is registered: the playground offers these names.
-@router.get("/indexes", response_model=IndexList)
-async def indexes(request: Request, me: Viewer) -> IndexList:
-    """The retrieval indexes this server lets the caller's project name."""
-    return IndexList(data=request.app.state.server.config.project_indexes(me.project))
 
 
 @router.get("/models/{model}/report", response_model=MonitorReport, responses=error_responses(400, 404))

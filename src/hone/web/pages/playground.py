@@ -29,6 +29,6 @@ async def playground(request: Request, visitor: VisitorDep, api: Api):
     """The form: models per column, an optional retrieval index, the prompt and sampling settings."""
     served = await api.get("/v1/models")
     versions = await api.get("/v1/registry/models")
-    indexes = await api.get("/v1/monitor/indexes")
+    indexes = await api.get("/v1/indexes")
     return render(request, visitor, "playground/page.html", models=model_choices(served["data"], versions["data"]),
                   indexes=indexes["data"], columns=[(i + 1, TEMPERATURES[i]) for i in range(COLUMNS)])
