@@ -219,6 +219,9 @@ def test_judgments_are_replaced_audited_and_scoped_to_their_reviewer_and_project
     assert store.next_item("default", created.id, "ann").progress.judged == 1
     logged = sorted(entries(100, "default", db_url, action="review.judged"), key=lambda e: e.seq)
     assert [e.details["choice"] for e in logged] == ["A", "both_bad"] and logged[-1].details["replaced"] == "A"
+    assert logged[0].details["reason"] is True  # that a reason was given, never its words
+    assigned = entries(100, "default", db_url, action="review.assigned")
+    assert [(e.actor, e.details["items"]) for e in assigned] == [("ann", 7)]  # made once, on the first visit
     with pytest.raises(NotFoundError):  # ann's item is not bob's
         store.judge("default", created.id, item.id, "bob", choice="A")
     with pytest.raises(NotFoundError):

@@ -520,7 +520,8 @@ class ReviewStore:
 
     def _assignments(self, project: str, round_id: str, reviewer: str) -> None:
         """Make the reviewer's blinded order (once, from their own seed) on their first visit, in its own
-        transaction; another tab of the same reviewer making it at the same moment wins, and that order is kept."""
+        transaction with its audit entry; another tab of the same reviewer making it at the same moment wins, and
+        that order is kept."""
         with session(self.engine) as db:
             row = self._row(db, project, round_id)
             if db.scalar(select(ReviewAssignment.id).where(ReviewAssignment.round_id == row.id,
@@ -535,6 +536,9 @@ class ReviewStore:
         try:
             with session(self.engine) as db:
                 db.add_all(made)
+                db.flush()  # a concurrent tab's order fails here, before anything is audited
+                audit.record(db, project=row.project, actor=reviewer, action="review.assigned",
+                             object_type="review_round", object_id=row.id, details={"items": len(made)})
         except IntegrityError:
             return
 
