@@ -44,13 +44,16 @@ def _session(dashboard, key_name: str) -> httpx.Client:
     return client
 
 
-def _page_routes(dashboard) -> set[str]:
-    """Every GET page the dashboard serves (not the API, the login form or static files)."""
+def _page_routes() -> set[str]:
+    """Every GET page the dashboard serves: its own routes and each section's (not the login form)."""
     from fastapi.routing import APIRoute
 
-    app = dashboard.app
-    return {route.path for route in app.routes if isinstance(route, APIRoute) and "GET" in route.methods
-            and not route.path.startswith("/v1") and route.path not in ("/login", "/health")}
+    from hone.web import pages
+    from hone.web.app import router as door
+
+    routers = [door, *(page.router for page in pages.ALL)]
+    return {route.path for router in routers for route in router.routes
+            if isinstance(route, APIRoute) and "GET" in route.methods} - {"/login"}
 
 
 def test_no_page_shows_another_projects_objects_and_alphas_pages_are_404_to_beta(alpha_world):
@@ -91,12 +94,15 @@ def test_no_page_shows_another_projects_objects_and_alphas_pages_are_404_to_beta
 
     # ids that only exist in one project: evaluations, datasets and review rounds answer 404 like unknown ones
     for path in ("/evaluations/eval-1", "/datasets/" + "0" * 64, "/review/review-nosuchround",
-                 "/review/review-nosuchround/results"):
+                 "/review/review-nosuchround/results",
+                 f"/review/review-nosuchround/exported?corrections={alpha['file']}"):
         assert beta.get(path).status_code == 404, path
 
     visited = set(alphas.values()) | set(lists) | {"/evaluations/{evaluation_id}", "/datasets/{dataset_id}",
-                                                   "/review/{review_id}", "/review/{review_id}/results"}
-    assert _page_routes(dashboard) - visited == set(), "a dashboard page this test does not visit"
+                                                   "/review/{review_id}", "/review/{review_id}/results",
+                                                   "/review/{review_id}/exported"}
+    routes = _page_routes()
+    assert len(routes) > 15 and routes - visited == set(), "a dashboard page this test does not visit"
 
 
 def test_another_projects_forms_change_nothing(alpha_world):

@@ -209,9 +209,13 @@ def test_review_in_chromium_blind_then_read_the_results(dashboard, page, browser
     assert accessibility_problems(developer) == []
     screenshot(developer, "review-results")
     developer.get_by_role("button", name="Export corrections and preference pairs").click()
-    developer.wait_for_url(re.compile(r".*/export$"))
+    developer.wait_for_url(re.compile(r".*/exported\?.*"))
     assert "1 corrected answer and" in developer.locator("main").inner_text()
     assert developer.get_by_role("link", name=f"{round_id}-preferences.jsonl").is_visible()
+    files = len(dashboard.client("alpha-dev").get("/files").json()["data"])
+    developer.reload()  # shows the export again, writes nothing new
+    assert developer.get_by_role("link", name=f"{round_id}-preferences.jsonl").is_visible()
+    assert len(dashboard.client("alpha-dev").get("/files").json()["data"]) == files
     assert accessibility_problems(developer) == []
     screenshot(developer, "review-exported")
     developer.goto(f"{dashboard.root}/review")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from fastapi import APIRouter, Request
 
 from hone.web.core import Api, ApiFailure, VisitorDep, checked_form, path_part, redirect, render
@@ -80,9 +82,24 @@ async def results(request: Request, review_id: str, visitor: VisitorDep, api: Ap
 
 @router.post("/review/{review_id}/export")
 async def export(request: Request, review_id: str, visitor: VisitorDep, api: Api):
-    """Export the corrections and preference pairs as training files, and show what was written."""
+    """Export the corrections and preference pairs as training files, then show them on a page of their own (a
+    reload shows them again rather than exporting twice)."""
     await checked_form(request, visitor)
-    part = path_part(review_id)
-    exported = await api.post(f"/v1/reviews/{part}/export")
-    found = await api.get(f"/v1/reviews/{part}")
-    return render(request, visitor, "review/exported.html", round=found, exported=exported)
+    exported = await api.post(f"/v1/reviews/{path_part(review_id)}/export")
+    made = {"corrections": exported["corrections_file"], "preferences": exported["preference_file"]}
+    query = {kind: stored["id"] for kind, stored in made.items() if stored}
+    if exported["corrections_dataset"]:
+        query["dataset"] = exported["corrections_dataset"]
+    return redirect(f"/review/{path_part(review_id)}/exported?{urlencode(query)}")
+
+
+@router.get("/review/{review_id}/exported")
+async def exported_files(request: Request, review_id: str, visitor: VisitorDep, api: Api,
+                         corrections: str | None = None, preferences: str | None = None, dataset: str | None = None):
+    """What an export wrote: each file and the dataset version as the API describes them (ids from the query are
+    looked up in the visitor's project, so another project's ids answer 404)."""
+    found = await api.get(f"/v1/reviews/{path_part(review_id)}")
+    files = {kind: await api.get(f"/v1/files/{path_part(file_id)}")
+             for kind, file_id in (("corrections", corrections), ("preferences", preferences)) if file_id}
+    version = await api.get(f"/v1/datasets/{path_part(dataset)}") if dataset else None
+    return render(request, visitor, "review/exported.html", round=found, files=files, dataset=version)
