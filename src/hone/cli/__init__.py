@@ -14,6 +14,7 @@ from hone.cli import (
     chat,
     data,
     db,
+    distill,
     evaluate,
     export,
     index,
@@ -59,6 +60,7 @@ app.add_typer(monitor.app, name="monitor")
 app.add_typer(canary.app, name="canary")
 app.add_typer(loop.app, name="loop")
 app.add_typer(review.app, name="review")
+app.add_typer(distill.app, name="distill")
 
 
 def main() -> None:

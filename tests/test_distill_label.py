@@ -1,0 +1,153 @@
+"""`hone distill label` against teachers over real sockets: a fake OpenAI-compatible server that answers some
+requests with 429 (Retry-After), a timeout, a malformed body or a 500 before answering, and one prompt it never
+answers; and a real `hone serve` on the tiny model. Every answer keeps its lineage, failures are listed with their
+reason, the token budget stops cleanly, and a rerun asks the teacher nothing it already answered."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import serve_app
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from typer.testing import CliRunner
+
+from hone.cli import app as cli
+from hone.data.validate import validate_file
+from hone.distill.label import LabelConfig, label, majority
+from hone.distill.teacher import Answer, TeacherSettings
+
+NEVER = "never answered"
+
+
+def fake_teacher() -> tuple[FastAPI, Counter]:
+    """An OpenAI-compatible chat endpoint that misbehaves once per kind of prompt, then answers."""
+    app, calls = FastAPI(), Counter()
+    lock = threading.Lock()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        prompt = body["messages"][-1]["content"]
+        with lock:
+            calls[prompt] += 1
+            seen = calls[prompt]
+        if NEVER in prompt:
+            return JSONResponse({"error": {"message": "overloaded", "type": "server_error"}}, status_code=500)
+        if "rate" in prompt and seen == 1:
+            return JSONResponse({"error": {"message": "slow down", "type": "rate_limit_error"}}, status_code=429,
+                                headers={"Retry-After": "0"})
+        if "slow" in prompt and seen == 1:
+            await asyncio.sleep(4)  # past the client's timeout
+        if "garbage" in prompt and seen == 1:
+            return PlainTextResponse("<html>not json</html>", media_type="application/json")
+        if "empty" in prompt and seen == 1:
+            return JSONResponse({"id": "x", "object": "chat.completion", "created": 0, "model": "big", "choices": []})
+        answer = f"label for: {prompt}"
+        return {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "big-teacher",
+                "system_fingerprint": "fp-42",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
+
+    return app, calls
+
+
+PROMPTS = ["a plain question", "a rate limited question", "a slow question", "a garbage question",
+           "an empty question", f"a {NEVER} question"]
+
+
+def _config(url: str, out: Path, prompts: Path, **teacher) -> LabelConfig:
+    settings = {"url": url, "model": "big-teacher", "concurrency": 3, "retries": 3, "timeout_s": 2.0,
+                "price_input_per_million": 2.0, "price_output_per_million": 8.0} | teacher
+    return LabelConfig(teacher=TeacherSettings(**settings), prompts=prompts, system="Label the ticket.", out=out)
+
+
+@pytest.fixture
+def prompts(tmp_path) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p}]}) + "\n" for p in PROMPTS))
+    return path
+
+
+def test_retries_through_429_timeouts_and_garbage_list_what_failed_and_resume_without_asking_again(
+        tmp_path, prompts, monkeypatch, tiny_model_dir):
+    monkeypatch.setattr("hone.distill.teacher.BACKOFF_S", 0.01)
+    app, calls = fake_teacher()
+    with serve_app(app) as url:
+        out = tmp_path / "labels"
+        summary = label(_config(url, out, prompts), show_progress=False)
+        assert (summary["prompts"], summary["labeled"], summary["failed"], summary["complete"]) == (6, 5, 1, False)
+        failed = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+        assert failed[0]["messages"][-1]["content"] == PROMPTS[-1] and "HTTP 500" in failed[0]["errors"][0]
+        assert calls[PROMPTS[-1]] == 4  # the first try and 3 retries
+        assert {p: calls[p] for p in PROMPTS[:5]} == {p: 1 if p == PROMPTS[0] else 2 for p in PROMPTS[:5]}
+        assert summary["usage"]["retries"] == 4 + 3 and summary["usage"]["prompt_tokens"] == 50
+        assert summary["usage"]["cost"] == pytest.approx((50 * 2.0 + 25 * 8.0) / 1e6)
+
+        rows = [json.loads(line) for line in (out / "labeled.jsonl").read_text().splitlines()]
+        assert [r["messages"][-1]["content"] for r in rows] == [f"label for: {p}" for p in PROMPTS[:5]]
+        assert all(r["messages"][0] == {"role": "system", "content": "Label the ticket."} for r in rows)
+        lineage = rows[0]["metadata"]["distill"]
+        assert lineage["teacher"] == {"url": url, "model": "big-teacher", "fingerprint": "fp-42"}
+        assert len(lineage["template_sha256"]) == 64 and lineage["agreement"] == 1.0
+        assert validate_file(out / "labeled.jsonl", model=str(tiny_model_dir)).ok  # hone trains on it as it is
+
+        before = sum(calls.values())
+        again = label(_config(url, out, prompts), show_progress=False)  # a rerun: only the failure is asked again
+        assert sum(calls.values()) - before == 4 and again["usage"]["cached"] == 5 and again["labeled"] == 5
+
+
+def test_the_token_budget_stops_cleanly_and_a_bigger_one_finishes_the_run(tmp_path):
+    prompts = tmp_path / "plain.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(5)))
+    app, calls = fake_teacher()
+    with serve_app(app) as url:
+        out = tmp_path / "labels"
+        first = label(_config(url, out, prompts, concurrency=1, budget_tokens=30), show_progress=False)
+        assert (first["labeled"], first["failed"], first["not_asked"], first["complete"]) == (2, 0, 3, False)
+        assert sum(calls.values()) == 2  # 15 tokens each: the budget of 30 stops the third request
+        second = label(_config(url, out, prompts, concurrency=1), show_progress=False)
+        assert (second["labeled"], second["usage"]["cached"], sum(calls.values())) == (5, 2, 5)
+
+
+def test_self_consistency_keeps_the_most_common_answer_and_its_agreement():
+    answers = [Answer(text, 1, 1, 0.1, None) for text in ("billing", "Billing ", "shipping")]
+    winner, agreement = majority(answers)
+    assert winner.text == "billing" and agreement == pytest.approx(2 / 3)
+
+
+def test_a_real_hone_server_labels_through_the_command_line(tmp_path, tiny_model_dir):
+    from hone.api.app import create_app
+    from hone.serve.config import ServeConfig
+
+    config = ServeConfig(base=str(tiny_model_dir), base_id="tiny", dtype="fp32", threads=1,
+                         database=f"sqlite:///{tmp_path / 'teacher.db'}", jobs={"worker": False})
+    (tmp_path / "prompts.csv").write_text("id,text\n1,where is my order?\n2,my kettle broke\n")
+    with serve_app(create_app(config)) as url:
+        (tmp_path / "label.yaml").write_text(yaml.safe_dump({
+            "teacher": {"url": url, "model": "tiny", "max_tokens": 4, "concurrency": 2},
+            "prompts": "prompts.csv", "column": "text", "samples": 2, "out": str(tmp_path / "out")}))
+        run = CliRunner().invoke(cli, ["distill", "label", str(tmp_path / "label.yaml"), "--json"])
+    assert run.exit_code == 0, run.output
+    summary = json.loads(run.output)
+    assert summary["labeled"] == 2 and summary["usage"]["requests"] == 4  # two samples of each prompt
+    rows = [json.loads(line) for line in (tmp_path / "out" / "labeled.jsonl").read_text().splitlines()]
+    assert rows[1]["messages"][0]["content"] == "my kettle broke" and rows[1]["metadata"]["distill"]["samples"] == 2
+
+
+def test_bad_config_and_prompts_are_named(tmp_path):
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"teacher": {"url": "http://x/v1", "model": "m", "temprature": 1},
+                                                       "prompts": "p.jsonl", "out": "o"}))
+    run = CliRunner().invoke(cli, ["distill", "label", str(tmp_path / "bad.yaml")])
+    assert run.exit_code != 0 and "temprature" in str(run.exception)
+    (tmp_path / "p.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\nnot json\n')
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump({"teacher": {"url": "http://127.0.0.1:9/v1", "model": "m"},
+                                                      "prompts": "p.jsonl", "out": str(tmp_path / "o")}))
+    run = CliRunner().invoke(cli, ["distill", "label", str(tmp_path / "ok.yaml")])
+    assert run.exit_code != 0 and "p.jsonl:2: not JSON" in str(run.exception)
