@@ -151,3 +151,29 @@ def test_bad_config_and_prompts_are_named(tmp_path):
                                                       "prompts": "p.jsonl", "out": str(tmp_path / "o")}))
     run = CliRunner().invoke(cli, ["distill", "label", str(tmp_path / "ok.yaml")])
     assert run.exit_code != 0 and "p.jsonl:2: not JSON" in str(run.exception)
+
+
+def test_captured_traffic_is_labeled_as_it_was_stored_with_pii_masked(tmp_path, tiny_model_dir):
+    import httpx
+
+    from hone.api.app import create_app
+    from hone.serve.config import ServeConfig
+
+    db = f"sqlite:///{tmp_path / 'served.db'}"
+    served = ServeConfig(base=str(tiny_model_dir), base_id="tiny", dtype="fp32", threads=1, database=db,
+                         models={"tiny": {"capture": True}}, jobs={"worker": False})
+    with serve_app(create_app(served)) as url:
+        for text in ("refund please, mail jane.doe@example.com", "where is order 7?"):
+            httpx.post(f"{url}/chat/completions", json={"model": "tiny", "max_tokens": 2, "messages": [
+                {"role": "system", "content": "be brief"}, {"role": "user", "content": text}]}).raise_for_status()
+    app, calls = fake_teacher()
+    with serve_app(app) as teacher:
+        config = LabelConfig(teacher=TeacherSettings(url=teacher, model="big-teacher"), system="Triage.",
+                             traffic={"model": "tiny", "database": db}, out=tmp_path / "out")
+        summary = label(config, show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "labeled.jsonl").read_text().splitlines()]
+    assert summary["labeled"] == 2 and [r["messages"][0]["content"] for r in rows] == ["Triage.", "Triage."]
+    asked = " ".join(calls)
+    assert "jane.doe@example.com" not in asked and "where is order 7?" in asked and "be brief" not in asked
+    with pytest.raises(ValueError, match="exactly one of"):
+        LabelConfig(teacher=TeacherSettings(url=teacher, model="m"), out=tmp_path / "o")

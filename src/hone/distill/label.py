@@ -16,7 +16,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm import tqdm
 
 from hone.distill.teacher import Answer, AnswerCache, Teacher, TeacherSettings
@@ -25,19 +25,39 @@ from hone.errors import HoneError
 LABELED, FAILURES, SUMMARY, CACHE = "labeled.jsonl", "failures.jsonl", "summary.json", "answers.jsonl"
 
 
+class TrafficSource(BaseModel):
+    """Prompts from a model's captured traffic (as `hone serve` stored it: PII masked), newest first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="The model name the requests named.")
+    project: str = "default"
+    limit: int = Field(1000, ge=1, le=100_000)
+    database: str | None = Field(None, description="Database URL (default: $HONE_DATABASE_URL, else hone's SQLite).")
+
+
 class LabelConfig(BaseModel):
-    """What `hone distill label CONFIG.yaml` reads (paths relative to the config file)."""
+    """What `hone distill label CONFIG.yaml` reads (paths relative to the config file); `prompts` or `traffic`."""
 
     model_config = ConfigDict(extra="forbid")
 
     teacher: TeacherSettings
-    prompts: Path = Field(description="JSONL of {\"messages\": [...]} or {\"prompt\": \"...\"}, or a CSV file.")
+    prompts: Path | None = Field(None, description="JSONL of {\"messages\": [...]} or {\"prompt\": \"...\"}, or a "
+                                 "CSV file.")
+    traffic: TrafficSource | None = None
     column: str = Field("prompt", description="The CSV column holding the prompt.")
     system: str | None = Field(None, description="The task's system prompt, put before every prompt.")
     examples: Path | None = Field(None, description="Chat JSONL of reference examples put before every prompt.")
     samples: int = Field(1, ge=1, le=16, description="Answers per prompt; more than 1: the most common one wins.")
     out: Path = Field(description="Output folder (relative to where hone runs): labeled.jsonl, failures.jsonl, "
                       "summary.json and the answer cache answers.jsonl.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LabelConfig:
+        if (self.prompts is None) == (self.traffic is None):
+            raise ValueError("give the prompts to label as exactly one of `prompts` (a file) or `traffic` (a served "
+                             "model's captured requests)")
+        return self
 
 
 def load_label_config(path: Path) -> LabelConfig:
@@ -49,6 +69,24 @@ def load_label_config(path: Path) -> LabelConfig:
     if config.examples is not None:
         config.examples = resolve_relative(config.examples, path)
     return config
+
+
+def traffic_prompts(source: TrafficSource) -> list[list[dict]]:
+    """The captured requests' conversations (masked as stored; their system turns left out, the task's own is used)."""
+    from hone.monitor.capture import CaptureStore, prompt_messages
+
+    exchanges, _ = CaptureStore(source.database).captured(source.project, model=source.model, limit=source.limit)
+    conversations = []
+    for exchange in exchanges:
+        messages = [m for m in prompt_messages(exchange.request) if m["role"] != "system"]
+        while messages and messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+        if messages:
+            conversations.append(messages)
+    if not conversations:
+        raise HoneError(f"no captured requests of {source.model!r} in project {source.project!r}",
+                        hint="serve the model with capture on (`capture: true`), or give `prompts:` a file")
+    return conversations
 
 
 def read_prompts(path: Path, column: str = "prompt") -> list[list[dict]]:
@@ -125,7 +163,7 @@ def majority(answers: list[Answer]) -> tuple[Answer, float]:
 
 def label(config: LabelConfig, show_progress: bool = True) -> dict:
     """Answer every prompt with the teacher; write the examples, the failures and a summary; return the summary."""
-    prompts = read_prompts(config.prompts, config.column)
+    prompts = traffic_prompts(config.traffic) if config.traffic else read_prompts(config.prompts, config.column)
     template = _template(config)
     template_sha256 = hashlib.sha256(json.dumps(template, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     config.out.mkdir(parents=True, exist_ok=True)
