@@ -50,6 +50,10 @@ def fake_teacher() -> tuple[FastAPI, Counter]:
         if "empty" in prompt and seen == 1:
             return JSONResponse({"id": "x", "object": "chat.completion", "created": 0, "model": "big", "choices": []})
         answer = f"label for: {prompt}"
+        if "ticket" in prompt:  # answers as JSON, the second sample of "vary" breaks the schema
+            answer = '{"category": "billing"}' if not ("vary" in prompt and seen % 2 == 0) else "billing, I think"
+            answer = '{"category": "boom"}' if "boom" in prompt else '{"category": "gossip"}' if "off" in prompt \
+                else answer
         return {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "big-teacher",
                 "system_fingerprint": "fp-42",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
@@ -177,3 +181,41 @@ def test_captured_traffic_is_labeled_as_it_was_stored_with_pii_masked(tmp_path, 
     assert "jane.doe@example.com" not in asked and "where is order 7?" in asked and "be brief" not in asked
     with pytest.raises(ValueError, match="exactly one of"):
         LabelConfig(teacher=TeacherSettings(url=teacher, model="m"), out=tmp_path / "o")
+
+
+def test_filters_reject_with_reasons_keep_going_when_a_check_raises_and_pair_rejected_with_accepted(
+        tmp_path, tiny_model_dir):
+    (tmp_path / "ticket.schema.json").write_text(json.dumps(
+        {"type": "object", "required": ["category"], "properties": {"category": {"type": "string"}}}))
+    (tmp_path / "checks.py").write_text(
+        "def no_boom(answer, messages):\n"
+        "    if 'boom' in answer:\n"
+        "        raise RuntimeError('exploded on ' + messages[-1]['content'])\n"
+        "    return True\n")
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in (
+        "ticket one", "ticket vary", "ticket off topic", "ticket boom")))
+    app, _ = fake_teacher()
+    with serve_app(app) as url:
+        (tmp_path / "label.yaml").write_text(yaml.safe_dump({
+            "teacher": {"url": url, "model": "big-teacher", "concurrency": 1}, "prompts": "prompts.jsonl",
+            "samples": 2, "out": str(tmp_path / "out"),
+            "filters": {"json_schema": "ticket.schema.json", "labels": ["billing", "shipping", "boom"],
+                        "label_field": "category", "function": "checks.py:no_boom"}}))
+        run = CliRunner().invoke(cli, ["distill", "label", str(tmp_path / "label.yaml"), "--json"])
+    assert run.exit_code == 0, run.output
+    summary = json.loads(run.output)
+    assert (summary["labeled"], summary["rejected"], summary["pairs"]) == (2, 2, 1)
+    out = tmp_path / "out"
+    rejected = {row["messages"][-1]["content"]: row["answers"][0]["reasons"]
+                for row in map(json.loads, (out / "rejected.jsonl").read_text().splitlines())}
+    assert rejected["ticket off topic"] == ["label 'gossip' is not one of billing, shipping, boom"]
+    assert rejected["ticket boom"] == ["the check raised RuntimeError: exploded on ticket boom"]
+    pair = json.loads((out / "pairs.jsonl").read_text())
+    assert pair["preferred_output"][0]["content"] == '{"category": "billing"}'
+    assert pair["non_preferred_output"][0]["content"] == "billing, I think"
+    assert pair["input"]["messages"] == [{"role": "user", "content": "ticket vary"}]
+    pairs = validate_file(out / "pairs.jsonl", model=str(tiny_model_dir))
+    assert pairs.format == "dpo" and pairs.ok  # ready for a DPO job
+    labeled = [json.loads(line) for line in (out / "labeled.jsonl").read_text().splitlines()]
+    assert labeled[1]["metadata"]["distill"]["rejected_samples"] == 1
+    assert labeled[1]["metadata"]["distill"]["agreement"] == 1.0

@@ -19,10 +19,12 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm import tqdm
 
+from hone.distill.filters import FilterSettings, build_checks, rejections
 from hone.distill.teacher import Answer, AnswerCache, Teacher, TeacherSettings
 from hone.errors import HoneError
 
 LABELED, FAILURES, SUMMARY, CACHE = "labeled.jsonl", "failures.jsonl", "summary.json", "answers.jsonl"
+REJECTED, PAIRS = "rejected.jsonl", "pairs.jsonl"
 
 
 class TrafficSource(BaseModel):
@@ -49,6 +51,9 @@ class LabelConfig(BaseModel):
     system: str | None = Field(None, description="The task's system prompt, put before every prompt.")
     examples: Path | None = Field(None, description="Chat JSONL of reference examples put before every prompt.")
     samples: int = Field(1, ge=1, le=16, description="Answers per prompt; more than 1: the most common one wins.")
+    filters: FilterSettings | None = Field(None, description="Checks every answer must pass (rejected answers are "
+                                           "kept with their reasons; a rejected and an accepted answer to the same "
+                                           "prompt make a DPO pair).")
     out: Path = Field(description="Output folder (relative to where hone runs): labeled.jsonl, failures.jsonl, "
                       "summary.json and the answer cache answers.jsonl.")
 
@@ -68,6 +73,11 @@ def load_label_config(path: Path) -> LabelConfig:
     config.prompts = resolve_relative(config.prompts, path)
     if config.examples is not None:
         config.examples = resolve_relative(config.examples, path)
+    if config.filters is not None:
+        config.filters.json_schema = resolve_relative(config.filters.json_schema, path)
+        target, _, name = (config.filters.function or "").rpartition(":")
+        if target.endswith(".py"):
+            config.filters.function = f"{resolve_relative(Path(target), path)}:{name}"
     return config
 
 
@@ -172,7 +182,10 @@ def label(config: LabelConfig, show_progress: bool = True) -> dict:
               disable=not show_progress) as bar:
         answered = teacher.answer_all([template + prompt for prompt in prompts], config.samples,
                                       on_done=lambda: bar.update(1))
-    labeled, failures, unasked = [], [], 0
+    checks = build_checks(config.filters)
+    # the student learns with the task's system prompt (it will run with it), not the teacher's reference examples
+    system = [{"role": "system", "content": config.system}] if config.system else []
+    labeled, failures, rejected, pairs, unasked = [], [], [], [], 0
     for number, (prompt, answers) in enumerate(zip(prompts, answered, strict=True), 1):
         replies = [a for a in answers if isinstance(a, Answer)]
         errors = [a for a in answers if isinstance(a, str)]
@@ -182,19 +195,28 @@ def label(config: LabelConfig, show_progress: bool = True) -> dict:
             failures.append({"prompt": number, "messages": prompt, "answered": len(replies),
                              "errors": errors or ["not asked: the token budget was used up"]})
             continue
-        winner, agreement = majority(replies)
+        judged = [(reply, rejections(checks, reply.text, prompt)) for reply in replies]
+        accepted = [reply for reply, reasons in judged if not reasons]
+        refused = [{"text": reply.text, "reasons": reasons} for reply, reasons in judged if reasons]
+        if not accepted:
+            rejected.append({"prompt": number, "messages": prompt, "answers": refused})
+            continue
+        winner, agreement = majority(accepted)
         lineage = {"teacher": {"url": config.teacher.url, "model": config.teacher.model,
                                "fingerprint": winner.fingerprint},
                    "template_sha256": template_sha256, "prompt": number, "samples": config.samples,
-                   "agreement": agreement}
-        # the student learns with the task's system prompt (it will run with it), not the teacher's reference examples
-        system = [{"role": "system", "content": config.system}] if config.system else []
+                   "agreement": agreement, "passed": len(checks), "rejected_samples": len(refused)}
         labeled.append({"messages": system + prompt + [{"role": "assistant", "content": winner.text}],
                         "metadata": {"distill": lineage}})
-    _write_lines(config.out / LABELED, labeled)
-    _write_lines(config.out / FAILURES, failures)
+        for other in dict.fromkeys(r["text"] for r in refused):  # each distinct rejected answer once
+            pairs.append({"input": {"messages": system + prompt},
+                          "preferred_output": [{"role": "assistant", "content": winner.text}],
+                          "non_preferred_output": [{"role": "assistant", "content": other}]})
+    for name, rows in ((LABELED, labeled), (FAILURES, failures), (REJECTED, rejected), (PAIRS, pairs)):
+        _write_lines(config.out / name, rows)
     summary = {"prompts": len(prompts), "labeled": len(labeled), "failed": len(failures) - unasked,
-               "not_asked": unasked, "complete": not failures, "teacher": config.teacher.model,
+               "not_asked": unasked, "rejected": len(rejected), "pairs": len(pairs), "complete": not failures,
+               "teacher": config.teacher.model,
                "template_sha256": template_sha256, "usage": teacher.usage.report(config.teacher),
                "out": str(config.out)}
     (config.out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
