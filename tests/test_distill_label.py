@@ -22,6 +22,7 @@ from hone.cli import app as cli
 from hone.data.validate import validate_file
 from hone.distill.label import LabelConfig, label, majority
 from hone.distill.teacher import Answer, TeacherSettings
+from hone.errors import HoneError
 
 NEVER = "never answered"
 
@@ -29,6 +30,7 @@ NEVER = "never answered"
 def fake_teacher() -> tuple[FastAPI, Counter]:
     """An OpenAI-compatible chat endpoint that misbehaves once per kind of prompt, then answers."""
     app, calls = FastAPI(), Counter()
+    app.state.sent = sent = {}  # the last conversation sent for each prompt
     lock = threading.Lock()
 
     @app.post("/v1/chat/completions")
@@ -38,6 +40,7 @@ def fake_teacher() -> tuple[FastAPI, Counter]:
         with lock:
             calls[prompt] += 1
             seen = calls[prompt]
+            sent[prompt] = body["messages"]
         if NEVER in prompt:
             return JSONResponse({"error": {"message": "overloaded", "type": "server_error"}}, status_code=500)
         if "rate" in prompt and seen == 1:
@@ -118,6 +121,22 @@ def test_the_token_budget_stops_cleanly_and_a_bigger_one_finishes_the_run(tmp_pa
         assert sum(calls.values()) == 2  # 15 tokens each: the budget of 30 stops the third request
         second = label(_config(url, out, prompts, concurrency=1), show_progress=False)
         assert (second["labeled"], second["usage"]["cached"], sum(calls.values())) == (5, 2, 5)
+
+
+def test_reference_examples_go_to_the_teacher_but_not_into_the_students_data(tmp_path, prompts):
+    shots = tmp_path / "shots.jsonl"
+    shots.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant",
+                                                                                  "content": "a"}]}) + "\n")
+    app, _ = fake_teacher()
+    with serve_app(app) as url:
+        config = _config(url, tmp_path / "out", prompts).model_copy(update={"examples": shots})
+        label(config, show_progress=False)
+    assert [m["content"] for m in app.state.sent[PROMPTS[0]]] == ["Label the ticket.", "q", "a", PROMPTS[0]]
+    first = json.loads((tmp_path / "out" / "labeled.jsonl").read_text().splitlines()[0])
+    assert [m["content"] for m in first["messages"][:2]] == ["Label the ticket.", PROMPTS[0]]
+    shots.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}]}) + "\n")
+    with pytest.raises(HoneError, match="must end with the assistant's answer"):
+        label(config, show_progress=False)
 
 
 def test_self_consistency_keeps_the_most_common_answer_and_its_agreement():

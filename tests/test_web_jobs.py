@@ -99,6 +99,9 @@ def test_create_a_job_from_the_form_and_watch_it_train_live(dashboard, page):
     points = dashboard.client("alpha-dev").get(f"/fine_tuning/jobs/{job_id}/metrics", params={"after_step": 3})
     assert [p["step"] for p in points.json()["data"]] == [4, 5, 6]
     assert points.json()["data"][-1]["valid_loss"] is not None  # eval loss at the end, with a validation file
+    for bad in ({"after_step": -1}, {"limit": 0}, {"limit": "many"}):
+        refused = dashboard.client("alpha-dev").get(f"/fine_tuning/jobs/{job_id}/metrics", params=bad)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == f"query.{next(iter(bad))}", bad
 
     page.set_viewport_size({"width": 390, "height": 844})  # a phone
     screenshot(page, "jobs-job-phone")

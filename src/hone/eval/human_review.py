@@ -583,11 +583,7 @@ class ReviewStore:
         self._assignments(project, round_id, reviewer)
         with session(self.engine) as db:
             shown = self._order(db, project, round_id, reviewer)
-            found = next((a for a in shown if a.id == item_id), None)
-            if found is None:
-                raise NotFoundError(f"no review item with id '{item_id}' for you in {round_id}", param="item_id",
-                                    code="not_found")
-            return self._shown(db, found, len(shown))
+            return self._shown(db, _reviewer_item(shown, item_id, round_id), len(shown))
 
     def judge(self, project: str, round_id: str, item_id: str, reviewer: str, *, choice: Choice,
               corrected_answer: str | None = None, reason: str | None = None) -> ReviewerItem:
@@ -599,10 +595,7 @@ class ReviewStore:
         self._assignments(project, round_id, reviewer)
         with session(self.engine) as db:
             shown = self._order(db, project, round_id, reviewer)
-            found = next((a for a in shown if a.id == item_id), None)
-            if found is None:
-                raise NotFoundError(f"no review item with id '{item_id}' for you in {round_id}", param="item_id",
-                                    code="not_found")
+            found = _reviewer_item(shown, item_id, round_id)
             replaced = found.choice
             found.choice, found.corrected_answer, found.reason = choice, corrected_answer, reason
             found.judged_at = utc_now()
@@ -665,6 +658,15 @@ class ReviewStore:
         content = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode()
         made = files.upload(project, [content], filename, "fine-tune", actor=actor)
         return ExportedFile(id=made.id, filename=made.filename, examples=made.examples, errors=made.errors)
+
+
+def _reviewer_item(shown: list[ReviewAssignment], item_id: str, round_id: str) -> ReviewAssignment:
+    """The reviewer's own item `item_id` (another reviewer's item answers NotFoundError, as an unknown one does)."""
+    found = next((a for a in shown if a.id == item_id), None)
+    if found is None:
+        raise NotFoundError(f"no review item with id '{item_id}' for you in {round_id}", param="item_id",
+                            code="not_found")
+    return found
 
 
 def corrections_dataset(round_id: str, lines: list[dict]) -> tuple[dict, Path]:

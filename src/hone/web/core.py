@@ -143,12 +143,6 @@ class PageApi:
     async def post(self, path: str, json: Any = None, **kwargs: Any) -> Any:
         return (await self.call("POST", path, json=json, **kwargs)).json()
 
-    async def patch(self, path: str, json: Any = None) -> Any:
-        return (await self.call("PATCH", path, json=json)).json()
-
-    async def delete(self, path: str) -> Any:
-        return (await self.call("DELETE", path)).json()
-
 
 async def page_api(request: Request, visitor: VisitorDep) -> PageApi:
     return PageApi(request, visitor)
