@@ -140,7 +140,7 @@ def test_reference_examples_go_to_the_teacher_but_not_into_the_students_data(tmp
 
 
 def test_self_consistency_keeps_the_most_common_answer_and_its_agreement():
-    answers = [Answer(text, 1, 1, 0.1, None) for text in ("billing", "Billing ", "shipping")]
+    answers = [Answer(text, 1, 1, 0.1, None, "") for text in ("billing", "Billing ", "shipping")]
     winner, agreement = majority(answers)
     assert winner.text == "billing" and agreement == pytest.approx(2 / 3)
 
@@ -227,8 +227,8 @@ def test_filters_reject_with_reasons_keep_going_when_a_check_raises_and_pair_rej
     out = tmp_path / "out"
     rejected = {row["messages"][-1]["content"]: row["answers"][0]["reasons"]
                 for row in map(json.loads, (out / "rejected.jsonl").read_text().splitlines())}
-    assert rejected["ticket off topic"] == ["label 'gossip' is not one of billing, shipping, boom"]
-    assert rejected["ticket boom"] == ["the check raised RuntimeError: exploded on ticket boom"]
+    assert rejected["ticket off topic"] == ["labels: label 'gossip' is not one of billing, shipping, boom"]
+    assert rejected["ticket boom"] == ["function:no_boom: the check raised RuntimeError: exploded on ticket boom"]
     pair = json.loads((out / "pairs.jsonl").read_text())
     assert pair["preferred_output"][0]["content"] == '{"category": "billing"}'
     assert pair["non_preferred_output"][0]["content"] == "billing, I think"
@@ -237,4 +237,6 @@ def test_filters_reject_with_reasons_keep_going_when_a_check_raises_and_pair_rej
     assert pairs.format == "dpo" and pairs.ok  # ready for a DPO job
     labeled = [json.loads(line) for line in (out / "labeled.jsonl").read_text().splitlines()]
     assert labeled[1]["metadata"]["distill"]["rejected_samples"] == 1
-    assert labeled[1]["metadata"]["distill"]["agreement"] == 1.0
+    assert labeled[1]["metadata"]["distill"]["agreement"] == 0.5  # one of the two samples broke the schema
+    assert labeled[1]["metadata"]["distill"]["filters"]["passed"] == ["labels", "json_schema", "function:no_boom"]
+    assert summary["rejections"] == {"labels": 3, "json_schema": 1, "function:no_boom": 2}

@@ -57,6 +57,7 @@ class Example:
     source: str
     line: int
     format: str
+    lineage: dict | None = None  # a distilled row's `metadata.distill` (teacher, template, filters), kept as is
 
 
 @dataclass
@@ -368,7 +369,14 @@ def _example(fmt: str, record: dict, line: _Line, source: str) -> Example | Pref
         prompt, chosen, rejected = _from_dpo(record, line)
         return None if line.failed else PreferenceExample(prompt, chosen, rejected, source, line.number)
     messages = CONVERTERS[fmt](record, line)
-    return None if line.failed else Example(messages, source, line.number, fmt)
+    return None if line.failed else Example(messages, source, line.number, fmt, _lineage(record))
+
+
+def _lineage(record: dict) -> dict | None:
+    """Where a distilled example came from (`hone distill` writes it); other metadata is not carried along."""
+    metadata = record.get("metadata")
+    found = metadata.get("distill") if isinstance(metadata, dict) else None
+    return {"distill": found} if isinstance(found, dict) else None
 
 
 def _open(path: Path) -> bytes:

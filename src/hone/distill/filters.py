@@ -14,8 +14,33 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from hone.errors import HoneError
+from hone.eval.judge import DEFAULT_CRITERIA, JudgeConfig
 
 Check = Callable[[str, list[dict]], str | None]  # (answer, conversation) -> why it is rejected, or None
+NamedCheck = tuple[str, Check]  # the name the example's lineage lists it under
+
+
+class JudgeFilter(BaseModel):
+    """The judge of `filters.judge`: where it is served, its rubric and the lowest score kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="OpenAI-compatible base URL, ending in /v1.")
+    model: str
+    api_key_env: str | None = None
+    criteria: list[str] = Field(default_factory=lambda: list(DEFAULT_CRITERIA), min_length=1,
+                                description="The rubric: what a good answer does.")
+    min_score: int = Field(4, ge=1, le=5, description="The lowest 1-5 score kept.")
+    retries: int = Field(2, ge=0, le=10)
+    timeout_s: float = Field(60.0, gt=0)
+    max_tokens: int = Field(300, ge=1)
+    concurrency: int = Field(4, ge=1, le=64)
+
+    def judge_config(self) -> JudgeConfig:
+        """The same judge as `hone eval` runs it (its prompts, JSON shapes and retries)."""
+        return JudgeConfig(url=self.url, model=self.model, api_key_env=self.api_key_env, criteria=self.criteria,
+                           retries=self.retries, timeout_s=self.timeout_s, max_tokens=self.max_tokens,
+                           concurrency=self.concurrency)
 
 
 class FilterSettings(BaseModel):
@@ -30,6 +55,8 @@ class FilterSettings(BaseModel):
     max_length: int | None = Field(None, ge=1, description="At most this many characters.")
     function: str | None = Field(None, description="module:function or file.py:function, called with (answer, "
                                  "messages); it returns True/None to keep, False or a reason to reject.")
+    judge: JudgeFilter | None = Field(None, description="A model (best not the teacher) rates every kept answer "
+                                      "1-5 against a rubric; answers below min_score are rejected.")
 
 
 def _json(text: str) -> object:
@@ -51,7 +78,7 @@ def _schema_check(path: Path) -> Check:
 
     def check(answer: str, _messages: list[dict]) -> str | None:
         error = next(iter(validator.iter_errors(_json(answer))), None)
-        return None if error is None else f"json_schema: {error.message}"
+        return None if error is None else error.message
 
     return check
 
@@ -88,35 +115,40 @@ def _function_check(reference: str, config_file: Path | None) -> Check:
         verdict = function(answer, messages)
         if verdict is None or verdict is True:
             return None
-        return f"{name}: {verdict}" if isinstance(verdict, str) else f"{name} rejected it"
+        return verdict if isinstance(verdict, str) else "rejected it"
 
     return check
 
 
-def build_checks(settings: FilterSettings | None, config_file: Path | None = None) -> list[Check]:
-    """The checks `settings` asks for, in a fixed order (cheapest first)."""
+def build_checks(settings: FilterSettings | None, config_file: Path | None = None) -> list[NamedCheck]:
+    """The checks `settings` asks for with their names, in a fixed order (cheapest first); the judge is not one of
+    them (it runs once per example, on the answer the checks kept)."""
     if settings is None:
         return []
-    checks: list[Check] = []
+    checks: list[NamedCheck] = []
     if settings.max_length is not None:
         limit = settings.max_length
-        checks.append(lambda answer, _m: None if len(answer) <= limit else f"longer than {limit} characters")
+        checks.append(("max_length",
+                       lambda answer, _m: None if len(answer) <= limit else f"longer than {limit} characters"))
     if settings.regex is not None:
         pattern = re.compile(settings.regex)
-        checks.append(lambda answer, _m: None if pattern.search(answer) else f"no match of {settings.regex!r}")
+        checks.append(("regex",
+                       lambda answer, _m: None if pattern.search(answer) else f"no match of {settings.regex!r}"))
     if settings.labels is not None:
-        checks.append(_label_check(settings.labels, settings.label_field))
+        checks.append(("labels", _label_check(settings.labels, settings.label_field)))
     if settings.json_schema is not None:
-        checks.append(_schema_check(settings.json_schema))
+        checks.append(("json_schema", _schema_check(settings.json_schema)))
     if settings.function is not None:
-        checks.append(_function_check(settings.function, config_file))
+        checks.append((f"function:{settings.function.rpartition(':')[2]}",
+                       _function_check(settings.function, config_file)))
     return checks
 
 
-def rejections(checks: list[Check], answer: str, messages: list[dict]) -> list[str]:
-    """Why the answer fails the checks (empty: it passes); a check that raises is a rejection with its message."""
+def rejections(checks: list[NamedCheck], answer: str, messages: list[dict]) -> list[str]:
+    """Why the answer fails the checks, each reason after its check's name (empty: it passes); a check that raises
+    is a rejection with its message."""
     reasons = []
-    for check in checks:
+    for name, check in checks:
         try:
             reason = check(answer, messages)
         except _Rejected as rejected:
@@ -124,5 +156,5 @@ def rejections(checks: list[Check], answer: str, messages: list[dict]) -> list[s
         except Exception as error:  # a user's validator must not stop the run
             reason = f"the check raised {type(error).__name__}: {error}"
         if reason:
-            reasons.append(reason)
+            reasons.append(f"{name}: {reason}")
     return reasons

@@ -56,6 +56,7 @@ class Answer:
     completion_tokens: int
     seconds: float
     fingerprint: str | None  # the endpoint's system_fingerprint, or the model name it says answered
+    answered_at: str  # when the teacher answered (UTC, ISO 8601): an answer from the cache keeps its first time
     cached: bool = False
 
 
@@ -137,7 +138,7 @@ class Teacher:
             with self.usage.lock:
                 self.usage.cached += 1
             return Answer(cached["text"], cached["prompt_tokens"], cached["completion_tokens"], cached["seconds"],
-                          cached.get("fingerprint"), cached=True)
+                          cached.get("fingerprint"), cached.get("answered_at", ""), cached=True)
         error = "no attempt was made"
         for attempt in range(self.settings.retries + 1):
             self._check_budget()
@@ -148,8 +149,7 @@ class Teacher:
             if reply is not None:
                 self.cache.put(key, {"text": reply.text, "prompt_tokens": reply.prompt_tokens,
                                      "completion_tokens": reply.completion_tokens, "seconds": reply.seconds,
-                                     "fingerprint": reply.fingerprint,
-                                     "answered_at": datetime.now(UTC).isoformat(timespec="seconds")})
+                                     "fingerprint": reply.fingerprint, "answered_at": reply.answered_at})
                 return reply
             if wait is None:
                 break
@@ -196,7 +196,9 @@ class Teacher:
             self.usage.prompt_tokens += prompt_tokens
             self.usage.completion_tokens += completion_tokens
         fingerprint = getattr(response, "system_fingerprint", None) or getattr(response, "model", None)
-        return Answer(text, prompt_tokens, completion_tokens, time.perf_counter() - began, fingerprint), "", None
+        answered_at = datetime.now(UTC).isoformat(timespec="seconds")
+        return Answer(text, prompt_tokens, completion_tokens, time.perf_counter() - began, fingerprint,
+                      answered_at), "", None
 
     def answer_all(self, conversations: Sequence[Sequence[dict]], samples: int = 1,
                    on_done: Callable[[], None] | None = None) -> list[list[Answer | str | None]]:

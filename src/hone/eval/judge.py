@@ -365,3 +365,27 @@ def judge_candidates(config: JudgeConfig, items: list[JudgeItem], candidates: li
             "criteria": config.criteria, "examples": len(items), "rubric": rubric, "pairwise": pairwise,
             "length_bias": _length_bias(items, rubric, pairwise),
             "failures": sum(1 for verdict in verdicts.values() if verdict.error)}
+
+
+def rate_reply(client: openai.OpenAI, config: JudgeConfig, prompt: list[dict], reply: str,
+               reference: str | None = None) -> tuple[int | None, str | None]:
+    """One reply's 1-5 rubric score (with the same question and retries as an evaluation), or (None, why not)."""
+    item = JudgeItem(prompt, reference, {"reply": reply})
+    verdict = _ask(client, config, _rubric_question(item, reply, config.criteria), parse_score, RUBRIC_SHAPE)
+    return verdict.value, verdict.error
+
+
+def prefer(client: openai.OpenAI, config: JudgeConfig, prompt: list[dict], first: str,
+           second: str) -> tuple[str | None, str | None]:
+    """Which of two replies the judge prefers, asked in both orders: "first", "second" or "tie" (a tie, or the two
+    orders disagree: the judge followed the position, not the content); (None, why) when it gave no verdict."""
+    item = JudgeItem(prompt, None, {})
+    outcomes = []
+    for swapped in (False, True):
+        a, b = (second, first) if swapped else (first, second)
+        verdict = _ask(client, config, _pairwise_question(item, a, b, config.criteria), parse_winner, PAIRWISE_SHAPE)
+        if verdict.value is None:
+            return None, verdict.error
+        outcomes.append({"tie": "tie", "A": "second" if swapped else "first",
+                         "B": "first" if swapped else "second"}[verdict.value])
+    return (outcomes[0] if outcomes[0] == outcomes[1] else "tie"), None

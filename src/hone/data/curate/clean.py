@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import replace
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -76,7 +77,7 @@ class _Cleaner:
                 self.report.count("empty_turns_dropped")
                 continue
             messages.append({**message, "content": content})
-        return Example(messages=messages, source=example.source, line=example.line, format=example.format)
+        return replace(example, messages=messages)
 
 
 def clean_examples(examples: list[Example], settings: CleanSettings) -> tuple[list[Example], StepReport]:

@@ -32,6 +32,10 @@ def normalised_text(example: Example) -> str:
     return "\n".join(f"{m['role']}: {' '.join(_WORD.findall(m['content'].casefold()))}" for m in example.messages)
 
 
+def _text_key(example: Example) -> bytes:
+    return hashlib.blake2b(normalised_text(example).encode(), digest_size=16).digest()
+
+
 def _where(example: Example, **extra) -> dict:
     return {"source": example.source, "line": example.line, "excerpt": excerpt(example_text(example)), **extra}
 
@@ -58,8 +62,7 @@ def exact_dedup(examples: list[Example]) -> tuple[list[Example], StepReport]:
     clusters = _Clusters()
     kept = []
     for example in examples:
-        key = hashlib.blake2b(normalised_text(example).encode(), digest_size=16).digest()
-        original = first_seen.setdefault(key, example)
+        original = first_seen.setdefault(_text_key(example), example)
         if original is example:
             kept.append(example)
             continue
@@ -141,3 +144,37 @@ def _best_match(examples: list[Example], candidates: list[int], grams: set[bytes
                                         (similarity == best_similarity and candidate < best)):
             best, best_similarity = candidate, similarity
     return best, best_similarity
+
+
+def dedup_against(examples: list[Example], existing: list[Example], threshold: float = 0.8, shingle_words: int = 5,
+                  num_perm: int = 128) -> tuple[list[Example], StepReport]:
+    """Remove examples that repeat one of `existing` (data the model already has): the same normalised text, or a
+    Jaccard similarity of word shingles >= threshold."""
+    report = StepReport("dedup_against_existing", params={"existing_examples": len(existing), "threshold": threshold,
+                                                          "shingle_words": shingle_words, "num_perm": num_perm})
+    exact = {_text_key(e): e for e in existing}
+    lsh = MinHashLSH(threshold=threshold * CANDIDATE_FACTOR, num_perm=num_perm)
+    signer = _Signer(num_perm)
+    signatures = {}
+    for index, example in enumerate(existing):
+        signatures[index] = signer.sign(shingles(example_text(example), shingle_words))
+        lsh.insert(index, signatures[index], check_duplication=False)
+    kept = []
+    for example in examples:
+        same = exact.get(_text_key(example))
+        if same is not None:
+            report.remove(example, "duplicate_of_existing", f"the same text as {same.source}:{same.line}")
+            continue
+        grams = shingles(example_text(example), shingle_words)
+        signature = signer.sign(grams)
+        candidates = [c for c in lsh.query(signature)
+                      if signatures[c].jaccard(signature) >= threshold - ESTIMATE_MARGIN]
+        match, similarity = _best_match(existing, candidates, grams, threshold, shingle_words)
+        if match is None:
+            kept.append(example)
+            continue
+        original = existing[match]
+        report.remove(example, "near_duplicate_of_existing",
+                      f"{similarity:.2f} similar to {original.source}:{original.line}")
+    report.count("kept", len(kept))
+    return kept, report

@@ -497,7 +497,7 @@ def scrub_examples(examples: list[Example], settings: PiiSettings) -> tuple[list
         if found and settings.mode == "drop":
             report.remove(example, "pii", "found " + ", ".join(sorted(set(found))))
             continue
-        kept.append(Example(messages=messages, source=example.source, line=example.line, format=example.format))
+        kept.append(replace(example, messages=messages))
     report.count("kept", len(kept))
     return kept, report
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 import hone
 from hone.data.curate.clean import CleanSettings, clean_examples
 from hone.data.curate.decontaminate import decontaminate
-from hone.data.curate.dedup import exact_dedup, near_dedup
+from hone.data.curate.dedup import dedup_against, exact_dedup, near_dedup
 from hone.data.curate.documents import document_files, read_documents
 from hone.data.curate.filters import QualitySettings, quality_filter
 from hone.data.curate.pii import PiiSettings, mask_problems, scrub_examples
@@ -54,6 +54,8 @@ class DedupSettings(Section):
     threshold: float = Field(0.8, gt=0, le=1, description="Jaccard similarity of word shingles that counts as near.")
     shingle_words: int = Field(5, ge=1)
     num_perm: int = Field(128, ge=16)
+    against: list[Path] = Field(default_factory=list, description="Data the model already has: examples that "
+                                "repeat one of these files (exactly or near) are removed.")
 
 
 class DecontaminateSettings(Section):
@@ -111,6 +113,7 @@ def load_prepare_config(path: Path, overrides: dict[str, Any] | None = None) -> 
     for spec in config.inputs:
         spec.path = resolve_relative(spec.path, path)
     config.decontaminate.against = [resolve_relative(p, path) for p in config.decontaminate.against]
+    config.dedup.against = [resolve_relative(p, path) for p in config.dedup.against]
     if isinstance(config.replay, ReplaySettings) and config.replay.source != "self":
         config.replay.source = str(resolve_relative(Path(config.replay.source), path))
     return config
@@ -163,7 +166,8 @@ def label_of(example: Example, stratify: str) -> str:
 
 def to_record(example: Example) -> dict:
     """One output line: the canonical chat messages plus where the example came from."""
-    return {"messages": example.messages, "metadata": {"source": example.source, "line": example.line}}
+    return {"messages": example.messages,
+            "metadata": {"source": example.source, "line": example.line, **(example.lineage or {})}}
 
 
 def write_split(folder: Path, name: str, examples: list[Example]) -> dict:
@@ -188,6 +192,12 @@ def run_steps(config: PrepareConfig, examples: list[Example]) -> tuple[list[Exam
         d = config.dedup
         examples, report = near_dedup(examples, threshold=d.threshold, shingle_words=d.shingle_words,
                                       num_perm=d.num_perm)
+        reports.append(report)
+    if config.dedup.against:
+        d = config.dedup
+        existing = [e for path in d.against for e in load_chat_examples(path)]
+        examples, report = dedup_against(examples, existing, threshold=d.threshold, shingle_words=d.shingle_words,
+                                         num_perm=d.num_perm)
         reports.append(report)
     examples, report = quality_filter(examples, config.quality)
     reports.append(report)
