@@ -238,5 +238,6 @@ def test_filters_reject_with_reasons_keep_going_when_a_check_raises_and_pair_rej
     labeled = [json.loads(line) for line in (out / "labeled.jsonl").read_text().splitlines()]
     assert labeled[1]["metadata"]["distill"]["rejected_samples"] == 1
     assert labeled[1]["metadata"]["distill"]["agreement"] == 0.5  # one of the two samples broke the schema
-    assert labeled[1]["metadata"]["distill"]["filters"]["passed"] == ["labels", "json_schema", "function:no_boom"]
+    assert labeled[1]["metadata"]["distill"]["filters"]["passed"] == ["empty", "labels", "json_schema",
+                                                                      "function:no_boom"]
     assert summary["rejections"] == {"labels": 3, "json_schema": 1, "function:no_boom": 2}

@@ -21,6 +21,7 @@ from hone.data.curate.prepare import (
     TaskSettings,
     prepare,
 )
+from hone.errors import HoneError
 
 
 class DatasetSettings(BaseModel):
@@ -89,6 +90,13 @@ def build_version(settings: DatasetSettings, labeled: Path, actor: str | None = 
         quality=settings.quality, split=settings.split, task=settings.task,
         decontaminate=settings.decontaminate.model_copy(update={"against": protected}))
     manifest = prepare(config, force=True)  # the building folder is this run's own scratch
+    if not manifest["counts"]["train"]:
+        steps = ", ".join(f"{step['name']} removed {step['removed']}" for step in manifest["steps"] if step["removed"])
+        raise HoneError(f"the dataset version of {labeled} has no training example: {manifest['counts']['ingested']} "
+                        f"examples read, {manifest['counts']['broken_lines']} broken lines"
+                        + (f", {steps}" if steps else ""),
+                        hint=f"see {building / 'report.html'}; loosen dataset.dedup or dataset.quality, or label "
+                        "more prompts")
     out = parent / f"{settings.name}-{manifest['dataset_id'][:12]}"
     if out.exists():  # the same content was built before: versions are immutable, the first copy stays
         shutil.rmtree(building)

@@ -121,11 +121,13 @@ def _function_check(reference: str, config_file: Path | None) -> Check:
 
 
 def build_checks(settings: FilterSettings | None, config_file: Path | None = None) -> list[NamedCheck]:
-    """The checks `settings` asks for with their names, in a fixed order (cheapest first); the judge is not one of
-    them (it runs once per example, on the answer the checks kept)."""
+    """The checks `settings` asks for with their names, after the check that the answer is not empty, in a fixed
+    order (cheapest first); the judge is not one of them (it runs once per example, on the answer the checks
+    kept)."""
+    # an empty answer teaches the student to say nothing: it is never kept, whatever the filters
+    checks: list[NamedCheck] = [("empty", lambda answer, _m: None if answer.strip() else "the answer is empty")]
     if settings is None:
-        return []
-    checks: list[NamedCheck] = []
+        return checks
     if settings.max_length is not None:
         limit = settings.max_length
         checks.append(("max_length",

@@ -16,6 +16,7 @@ import csv
 import hashlib
 import json
 import sys
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -226,6 +227,7 @@ class JudgeCalls:
         self.cache = cache
         self.client = make_client(settings.url, settings.api_key_env, settings.timeout_s)
         self.calls = 0
+        self.lock = threading.Lock()  # several prompts are decided at once
 
     def _cached(self, kind: str, prompt: list[dict], replies: list[str], ask: Callable[[], tuple]) -> tuple:
         identity = {"url": self.settings.url, "model": self.settings.model, "criteria": self.settings.criteria,
@@ -234,7 +236,8 @@ class JudgeCalls:
         found = self.cache.get(key)
         if found is not None:
             return found["value"], None
-        self.calls += 1
+        with self.lock:
+            self.calls += 1
         value, error = ask()
         if value is not None:
             self.cache.put(key, {"value": value})
@@ -258,7 +261,10 @@ class JudgeCalls:
 def judge_pick(judge: JudgeCalls, prompt: list[dict], answers: list[Answer]) -> tuple[Answer, list[str]]:
     """The answer that wins most pairwise comparisons among the distinct ones (a tie counts half; the more common
     answer, then the earlier, breaks a tie in wins), with the judge's errors."""
-    distinct = list({_norm(a.text): a for a in reversed(answers)}.values())[::-1]  # the first of each kept
+    first: dict[str, Answer] = {}
+    for answer in answers:  # each distinct answer as the teacher first gave it, in that order
+        first.setdefault(_norm(answer.text), answer)
+    distinct = list(first.values())
     wins = dict.fromkeys(range(len(distinct)), 0.0)
     errors = []
     for i in range(len(distinct)):

@@ -45,6 +45,25 @@ def paired_bootstrap_ci(base: list[float | None], candidate: list[float | None],
             "excludes_zero": bool(low > 0 or high < 0)}
 
 
+def ratio_bootstrap_ci(numerator: list[float | None], denominator: list[float | None], resamples: int = RESAMPLES,
+                       confidence: float = CONFIDENCE, seed: int = 0) -> dict | None:
+    """mean(numerator) / mean(denominator) over the examples scored for both (e.g. how much of a teacher's score a
+    student keeps), with its paired percentile bootstrap CI; None when none is scored or the denominator's mean
+    is 0. Resamples whose denominator mean is 0 are left out of the interval."""
+    pairs = np.array([(n, d) for n, d in zip(numerator, denominator, strict=True) if n is not None and d is not None],
+                     dtype=np.float64)
+    if not len(pairs) or pairs[:, 1].mean() == 0:
+        return None
+    picks = np.random.default_rng(seed).integers(0, len(pairs), size=(resamples, len(pairs)))
+    means = pairs[picks].mean(axis=1)
+    usable = means[:, 1] > 0
+    ratios = means[usable, 0] / means[usable, 1]
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(ratios, [tail, 1 - tail])
+    return {"ratio": round(float(pairs[:, 0].mean() / pairs[:, 1].mean()), 4), "ci_low": round(float(low), 4),
+            "ci_high": round(float(high), 4), "confidence": confidence, "examples": len(pairs)}
+
+
 def bootstrap_mean_ci(values: list[float | None], resamples: int = RESAMPLES, confidence: float = CONFIDENCE,
                       seed: int = 0, geometric: bool = False) -> tuple[float, float] | None:
     """The percentile bootstrap CI of the mean of the scored values (with `geometric`, of their geometric mean),

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, true, update
 
 from hone.errors import HoneError
 from hone.home import hone_home
@@ -185,27 +185,29 @@ class Worker:
         return or_(FineTuningJob.status == "queued",
                    and_(FineTuningJob.status == "running", FineTuningJob.lease_expires_at < now))
 
-    def claim(self) -> str | None:
-        """Take the oldest queued job (or one whose worker's lease ran out); None when there is none."""
+    def claim(self, job_id: str | None = None) -> str | None:
+        """Take the oldest queued job (or one whose worker's lease ran out), or only `job_id`; None when there is
+        none."""
         now = utc_now()
+        only = FineTuningJob.id == job_id if job_id else true()
         with session(self.engine) as db:
-            candidates = db.scalars(select(FineTuningJob.id).where(self._claimable(now))
+            candidates = db.scalars(select(FineTuningJob.id).where(self._claimable(now), only)
                                     .order_by(FineTuningJob.created_at).limit(8)
                                     .with_for_update(skip_locked=True)).all()
-            for job_id in candidates:
-                claimed = db.execute(update(FineTuningJob).where(FineTuningJob.id == job_id, self._claimable(now))
+            for candidate in candidates:
+                claimed = db.execute(update(FineTuningJob).where(FineTuningJob.id == candidate, self._claimable(now))
                                      .values(status="running", worker_id=self.name,
                                              lease_expires_at=now + timedelta(seconds=self.settings.lease_s),
                                              attempts=FineTuningJob.attempts + 1,
                                              started_at=func.coalesce(FineTuningJob.started_at, now)))
                 if claimed.rowcount == 1:
-                    job = db.get(FineTuningJob, job_id)
+                    job = db.get(FineTuningJob, candidate)
                     message = ("Fine-tuning job started" if job.attempts == 1 else
                                "Fine-tuning job continues from its last checkpoint")
-                    add_event(db, job_id, message, data={"worker": self.name.split(":")[0]})
+                    add_event(db, candidate, message, data={"worker": self.name.split(":")[0]})
                     audit_job(db, job, "started" if job.attempts == 1 else "taken_over", self.actor,
                               attempt=job.attempts)
-                    return job_id
+                    return candidate
         return None
 
     def _renew(self, job_id: str) -> FineTuningJob | None:

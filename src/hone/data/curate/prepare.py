@@ -195,7 +195,9 @@ def run_steps(config: PrepareConfig, examples: list[Example]) -> tuple[list[Exam
         reports.append(report)
     if config.dedup.against:
         d = config.dedup
-        existing = [e for path in d.against for e in load_chat_examples(path)]
+        existing, _ = clean_examples([e for path in d.against for e in load_chat_examples(path)], config.clean)
+        if config.pii is not None:  # compared as the examples are: a repeat is a repeat whether or not it holds PII
+            existing, _ = scrub_examples(existing, config.pii)
         examples, report = dedup_against(examples, existing, threshold=d.threshold, shingle_words=d.shingle_words,
                                          num_perm=d.num_perm)
         reports.append(report)
