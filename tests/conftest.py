@@ -52,6 +52,21 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def build_learnable_model(folder: Path, seed: int = 0) -> Path:
+    """The tiny model with 25x larger embeddings: the random tiny model's logits are too flat for a LoRA adapter to
+    make one answer likely (its tied output layer and final norm stay frozen) and its greedy replies are often empty;
+    this one's are not."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    build_tiny_model(folder, seed=seed)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(25)
+    model.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """Path of a tiny Llama model folder usable anywhere a model name is accepted."""

@@ -145,10 +145,12 @@ def test_self_consistency_keeps_the_most_common_answer_and_its_agreement():
     assert winner.text == "billing" and agreement == pytest.approx(2 / 3)
 
 
-def test_a_real_hone_server_labels_through_the_command_line(tmp_path, tiny_model_dir):
+def test_a_real_hone_server_labels_through_the_command_line_and_its_empty_answers_are_never_kept(
+        tmp_path, tiny_model_dir):
     from hone.api.app import create_app
     from hone.serve.config import ServeConfig
 
+    # the random tiny model's greedy replies are empty: a teacher that says nothing must teach nothing
     config = ServeConfig(base=str(tiny_model_dir), base_id="tiny", dtype="fp32", threads=1,
                          database=f"sqlite:///{tmp_path / 'teacher.db'}", jobs={"worker": False})
     (tmp_path / "prompts.csv").write_text("id,text\n1,where is my order?\n2,my kettle broke\n")
@@ -159,9 +161,11 @@ def test_a_real_hone_server_labels_through_the_command_line(tmp_path, tiny_model
         run = CliRunner().invoke(cli, ["distill", "label", str(tmp_path / "label.yaml"), "--json"])
     assert run.exit_code == 0, run.output
     summary = json.loads(run.output)
-    assert summary["labeled"] == 2 and summary["usage"]["requests"] == 4  # two samples of each prompt
-    rows = [json.loads(line) for line in (tmp_path / "out" / "labeled.jsonl").read_text().splitlines()]
-    assert rows[1]["messages"][0]["content"] == "my kettle broke" and rows[1]["metadata"]["distill"]["samples"] == 2
+    assert summary["usage"]["requests"] == 4  # two samples of each prompt, over a real socket
+    assert (summary["labeled"], summary["rejected"], summary["rejections"]) == (0, 2, {"empty": 4})
+    rejected = [json.loads(line) for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
+    assert rejected[1]["messages"] == [{"role": "user", "content": "my kettle broke"}]
+    assert rejected[1]["answers"] == [{"text": "", "reasons": ["empty: the answer is empty"]}] * 2
 
 
 def test_bad_config_and_prompts_are_named(tmp_path):

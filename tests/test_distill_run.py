@@ -5,12 +5,21 @@ asks the teacher nothing again and finds the same job."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import build_tiny_model, serve_app
+from conftest import build_learnable_model, serve_app
+from fastapi import FastAPI, Request
 from typer.testing import CliRunner
 
 from hone.cli import app as cli
@@ -21,26 +30,12 @@ FAST = {"tracking": {"enabled": False}, "eval": {"enabled": False}, "replay": No
 ANIMALS = ["cat", "dog", "fox", "owl"]
 
 
-def _learnable_base(folder: Path, seed: int) -> Path:
-    """A tiny model whose embeddings are 25x larger: the random tiny model's logits are too flat for a LoRA adapter
-    to make one answer likely (its tied output layer and final norm are frozen); this one's are not."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    build_tiny_model(folder, seed=seed)
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    with torch.no_grad():
-        model.get_input_embeddings().weight.mul_(25)
-    model.save_pretrained(folder)
-    return folder
-
-
 def _teacher_adapter(tmp_path: Path) -> tuple[Path, Path]:
     """A LoRA adapter trained here to answer with an animal (the teacher's specialism), and its base."""
     from hone.train.config import load_config
     from hone.train.run import train
 
-    base = _learnable_base(tmp_path / "teacher-base", seed=1)
+    base = build_learnable_model(tmp_path / "teacher-base", seed=1)
     rows = [{"messages": [{"role": "user", "content": f"name animal {i} please"},
                           {"role": "assistant", "content": ANIMALS[i % 4]}]} for i in range(32)]
     (tmp_path / "teacher-train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -57,7 +52,7 @@ def test_label_train_and_prove_with_a_served_teacher_then_resume_without_asking_
     from hone.serve.config import ServeConfig
 
     teacher_run, teacher_base = _teacher_adapter(tmp_path)
-    student_base = _learnable_base(tmp_path / "student-base", seed=2)  # another model than the teacher's
+    student_base = build_learnable_model(tmp_path / "student-base", seed=2)  # another model than the teacher's
     served = ServeConfig(base=str(teacher_base), base_id="teacher-base", dtype="fp32", threads=1,
                          adapters={"zoo-teacher": teacher_run},
                          database=f"sqlite:///{tmp_path / 'teacher.db'}", jobs={"worker": False})
@@ -148,3 +143,45 @@ def test_a_bad_run_config_is_named(tmp_path):
         "train": {"epochs": 3}, "out": str(tmp_path / "run")}))
     run = CliRunner().invoke(cli, ["distill", "run", str(tmp_path / "bad.yaml")])
     assert run.exit_code != 0 and "train.epochs" in str(run.exception)
+
+
+def test_a_run_killed_mid_labeling_resumes_without_asking_the_teacher_again(tmp_path):
+    app, calls, lock = FastAPI(), Counter(), threading.Lock()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        prompt = (await request.json())["messages"][-1]["content"]
+        with lock:
+            calls[prompt] += 1
+        await asyncio.sleep(0.3)  # slow enough that the kill lands mid-run
+        return {"id": "c", "object": "chat.completion", "created": 0, "model": "big",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": f"answer to {prompt}"},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}
+
+    prompts = [f"question {i}" for i in range(12)]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    cache = tmp_path / "out" / "answers.jsonl"
+    with serve_app(app) as url:
+        (tmp_path / "label.yaml").write_text(yaml.safe_dump({
+            "teacher": {"url": url, "model": "big", "concurrency": 1}, "prompts": "prompts.jsonl",
+            "out": str(tmp_path / "out")}))
+        command = [sys.executable, "-m", "hone", "distill", "label", str(tmp_path / "label.yaml"), "--json"]
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not (cache.is_file() and len(cache.read_text().splitlines()) >= 4):
+            assert child.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        answered_before = len(cache.read_text().splitlines())
+        assert answered_before < len(prompts)
+        asked_before = sum(calls.values())
+
+        rerun = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    assert summary["labeled"] == 12 and summary["usage"]["cached"] == answered_before
+    # only what had no cached answer was asked again: at most the one request the kill cut short is asked twice
+    assert sum(calls.values()) - asked_before == 12 - answered_before
+    assert set(calls) == set(prompts) and sum(count - 1 for count in calls.values()) <= 1
