@@ -229,9 +229,9 @@ def test_bad_configs_and_seeds_are_named(tmp_path, seeds):
     seeds.write_text(seeds.read_text() + json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
     run = CliRunner().invoke(cli, ["distill", "generate", str(_write_config(tmp_path, "http://127.0.0.1:9/v1",
                                                                             count=2))])
-    assert run.exit_code != 0 and "seeds.jsonl:4: a reference example must end with the assistant's answer" in \
+    assert run.exit_code != 0 and "seeds.jsonl:4: a seed must end with the assistant's answer" in \
         str(run.exception)
     seeds.write_text("not json\n")
     run = CliRunner().invoke(cli, ["distill", "generate", str(_write_config(tmp_path, "http://127.0.0.1:9/v1",
                                                                             count=2))])
-    assert run.exit_code != 0 and "seeds.jsonl: not chat JSONL" in str(run.exception)
+    assert run.exit_code != 0 and "seeds.jsonl:1: not JSON" in str(run.exception)

@@ -185,3 +185,20 @@ def test_a_run_killed_mid_labeling_resumes_without_asking_the_teacher_again(tmp_
     # only what had no cached answer was asked again: at most the one request the kill cut short is asked twice
     assert sum(calls.values()) - asked_before == 12 - answered_before
     assert set(calls) == set(prompts) and sum(count - 1 for count in calls.values()) <= 1
+
+
+def test_a_run_takes_exactly_one_teacher_task(tmp_path):
+    from hone.distill.run import load_run_config
+
+    teacher = {"url": "http://127.0.0.1:9/v1", "model": "m"}
+    (tmp_path / "seeds.jsonl").write_text("")
+    task = {"teacher": teacher, "seeds": "seeds.jsonl", "count": 5}
+    (tmp_path / "gen.yaml").write_text(yaml.safe_dump({"generate": task, "out": str(tmp_path / "run")}))
+    config = load_run_config(tmp_path / "gen.yaml")
+    assert config.task is config.generate and config.generate.seeds == tmp_path / "seeds.jsonl"
+    assert config.generate.out == tmp_path / "run" / "teacher" and config.task.dataset.name == "distill-run"
+    (tmp_path / "both.yaml").write_text(yaml.safe_dump({
+        "generate": {"teacher": teacher, "seeds": "seeds.jsonl", "count": 5},
+        "label": {"teacher": teacher, "prompts": "p.jsonl"}, "out": str(tmp_path / "run")}))
+    run = CliRunner().invoke(cli, ["distill", "run", str(tmp_path / "both.yaml")])
+    assert run.exit_code != 0 and "exactly one of `label`" in str(run.exception)

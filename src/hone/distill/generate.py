@@ -89,29 +89,29 @@ class GenerateConfig(TeacherTask):
 
 def load_generate_config(path: Path) -> GenerateConfig:
     """Read a `hone distill generate` YAML; relative paths are taken relative to the file, unknown keys refused."""
-    from hone.settings import read_yaml_mapping, resolve_relative, validate
+    from hone.settings import read_yaml_mapping, validate
 
     raw = read_yaml_mapping(path, "distill generate config")
     config = validate(GenerateConfig, raw, str(path), "distill generate config")
+    resolve_generate_paths(config, path)
+    resolve_task_paths(config, path)
+    return config
+
+
+def resolve_generate_paths(config: GenerateConfig, path: Path) -> None:
+    """Take the seeds, topics and embedder paths relative to the config file."""
+    from hone.settings import resolve_relative
+
     config.seeds = resolve_relative(config.seeds, path)
     if isinstance(config.topics, Path):
         config.topics = resolve_relative(config.topics, path)
     if config.embedder is not None and config.embedder.lower() != BUNDLED_NAME.lower():
         config.embedder = str(resolve_relative(Path(config.embedder), path))
-    resolve_task_paths(config, path)
-    return config
 
 
 def read_seeds(path: Path) -> list[list[dict]]:
     """The seed examples, each a conversation with a user turn and ending with the assistant's answer."""
-    if not path.is_file():
-        raise HoneError(f"seeds file {path} does not exist",
-                        hint="set `seeds:` to a chat JSONL file of examples, each ending with the assistant's answer")
-    try:
-        seeds = read_prompts_with_answers(path)
-    except (ValueError, AttributeError) as error:  # a line that is not a JSON object
-        raise HoneError(f"{path}: not chat JSONL ({error})",
-                        hint='one {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]} per line') from None
+    seeds = read_prompts_with_answers(path, what="seed", setting="seeds")
     for number, seed in enumerate(seeds, 1):
         if not any(m["role"] == "user" for m in seed):
             raise HoneError(f"{path}: seed {number} has no user turn", hint="each seed is a user input and its answer")

@@ -187,18 +187,30 @@ def _template(config: TeacherTask) -> list[dict]:
     return shots
 
 
-def read_prompts_with_answers(path: Path) -> list[list[dict]]:
-    """Reference examples: chat JSONL, each with its assistant answer."""
+def read_prompts_with_answers(path: Path, what: str = "reference example",
+                              setting: str = "examples") -> list[list[dict]]:
+    """Chat JSONL examples, each ending with its assistant answer (reference examples, seeds); `what` and the
+    config `setting` that names the file are named in errors."""
     if not path.is_file():
-        raise HoneError(f"examples file {path} does not exist", hint="set `examples:` to a chat JSONL file")
+        raise HoneError(f"{setting} file {path} does not exist",
+                        hint=f"set `{setting}:` to a chat JSONL file of examples, each ending with the assistant's "
+                        "answer")
     examples = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            messages = json.loads(line).get("messages") or []
-            if not messages or messages[-1].get("role") != "assistant":
-                raise HoneError(f"{path}:{number}: a reference example must end with the assistant's answer")
-            examples.append([{"role": m["role"], "content": m["content"]} for m in messages
-                             if m["role"] in ("user", "assistant")])
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as error:
+            raise HoneError(f"{path}:{number}: not JSON ({error.msg})", hint="one JSON object per line") from None
+        messages = record.get("messages") if isinstance(record, dict) else None
+        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+            raise HoneError(f"{path}:{number}: expected \"messages\" (a list of turns)",
+                            hint='e.g. {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}')
+        if messages[-1].get("role") != "assistant":
+            raise HoneError(f"{path}:{number}: a {what} must end with the assistant's answer")
+        examples.append([{"role": m.get("role"), "content": m.get("content")} for m in messages
+                         if m.get("role") in ("user", "assistant")])
     return examples
 
 

@@ -19,7 +19,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hone.distill.dataset import DatasetSettings
-from hone.distill.label import CACHE, LabelConfig, label, resolve_task_paths
+from hone.distill.generate import GenerateConfig, generate, resolve_generate_paths
+from hone.distill.label import CACHE, LabelConfig, TeacherTask, label, resolve_task_paths
 from hone.errors import HoneError
 from hone.eval.config import MetricsConfig
 from hone.eval.judge import JudgeConfig
@@ -70,7 +71,10 @@ class DistillRunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    label: LabelConfig = Field(description="The teacher's task (as `hone distill label` reads it).")
+    label: LabelConfig | None = Field(None, description="The teacher labels prompts (as `hone distill label` "
+                                      "reads it).")
+    generate: GenerateConfig | None = Field(None, description="Or the teacher writes new examples from seeds (as "
+                                            "`hone distill generate` reads it).")
     train: StudentTraining = StudentTraining()
     eval: StudentEval = StudentEval()
     project: str = Field("default", description="The project that owns the files, the job and the model.")
@@ -78,11 +82,19 @@ class DistillRunConfig(BaseModel):
     out: Path = Field(description="The run's folder: state.json, the teacher's output, eval/, report.json/.md.")
 
     @model_validator(mode="after")
-    def _a_dataset(self) -> DistillRunConfig:
-        if self.label.dataset is None:
-            self.label.dataset = DatasetSettings(name=f"distill-{self.out.name or 'run'}", project=self.project,
-                                                 database=self.database)
+    def _one_task_with_a_dataset(self) -> DistillRunConfig:
+        if (self.label is None) == (self.generate is None):
+            raise ValueError("give the teacher's task as exactly one of `label` (prompts to answer) or `generate` "
+                             "(seeds to write new examples from)")
+        if self.task.dataset is None:
+            self.task.dataset = DatasetSettings(name=f"distill-{self.out.name or 'run'}", project=self.project,
+                                                database=self.database)
         return self
+
+    @property
+    def task(self) -> TeacherTask:
+        """The teacher's task, labeling or generating."""
+        return self.label if self.label is not None else self.generate
 
 
 def load_run_config(path: Path) -> DistillRunConfig:
@@ -90,11 +102,15 @@ def load_run_config(path: Path) -> DistillRunConfig:
     from hone.settings import read_yaml_mapping, resolve_relative, validate
 
     raw = read_yaml_mapping(path, "distill run config")
-    if isinstance(raw.get("label"), dict) and isinstance(raw.get("out"), str):
-        raw["label"].setdefault("out", str(Path(raw["out"]) / "teacher"))
+    for kind in ("label", "generate"):
+        if isinstance(raw.get(kind), dict) and isinstance(raw.get("out"), str):
+            raw[kind].setdefault("out", str(Path(raw["out"]) / "teacher"))
     config = validate(DistillRunConfig, raw, str(path), "distill run config")
-    config.label.prompts = resolve_relative(config.label.prompts, path)
-    resolve_task_paths(config.label, path)
+    if config.label is not None:
+        config.label.prompts = resolve_relative(config.label.prompts, path)
+    else:
+        resolve_generate_paths(config.generate, path)
+    resolve_task_paths(config.task, path)
     config.eval.data = resolve_relative(config.eval.data, path)
     if config.eval.metrics.json_schema is not None:
         config.eval.metrics.json_schema = resolve_relative(config.eval.metrics.json_schema, path)
@@ -109,12 +125,16 @@ def _say(show_progress: bool, message: str) -> None:
 def run_distillation(config: DistillRunConfig, show_progress: bool = True) -> dict:
     """Label, build the dataset, train the student, evaluate and prove; writes OUT/report.json and report.md."""
     config.out.mkdir(parents=True, exist_ok=True)
-    _say(show_progress, "1/4 the teacher labels the prompts")
-    labeling = label(config.label, show_progress=show_progress)
+    if config.label is not None:
+        _say(show_progress, "1/4 the teacher labels the prompts")
+        labeling = label(config.label, show_progress=show_progress)
+    else:
+        _say(show_progress, "1/4 the teacher writes new examples from the seeds")
+        labeling = generate(config.generate, show_progress=show_progress)
     if "dataset" not in labeling:
         raise HoneError(f"the teacher's answers left no example to train on ({labeling['labeled']} kept of "
                         f"{labeling['prompts']} prompts)",
-                        hint=f"see {config.label.out}/failures.jsonl and rejected.jsonl")
+                        hint=f"see {config.task.out}/failures.jsonl and rejected.jsonl")
     dataset = Path(labeling["dataset"]["path"])
     _say(show_progress, f"2/4 dataset version {labeling['dataset']['dataset_id'][:12]}: "
                         f"{labeling['dataset']['counts']['train']} training examples")
@@ -187,7 +207,7 @@ def submit_job(config: DistillRunConfig, dataset: Path, dataset_id: str) -> str:
         model=_base_name(config.train.base), training_file=_upload(service, config.project, dataset / "train.jsonl"),
         validation_file=_upload(service, config.project, validation) if enough else None,
         suffix=config.train.suffix, seed=config.train.seed, hone=config.train.hone,
-        metadata={"distilled_from": config.label.teacher.model[:512], "dataset_id": dataset_id[:64]},
+        metadata={"distilled_from": config.task.teacher.model[:512], "dataset_id": dataset_id[:64]},
         method={"type": "supervised", "supervised": {"hyperparameters": config.train.hyperparameters}})
     job = service.create(config.project, request, actor="hone distill")
     if job["status"] == "failed":
@@ -230,7 +250,7 @@ def evaluate_three(config: DistillRunConfig, run_dir: Path, test_file: Path, sho
     from hone.eval.config import validate_eval_config
     from hone.eval.run import evaluate
 
-    teacher = config.label.teacher
+    teacher = config.task.teacher
     settings = validate_eval_config({
         "base": config.train.base, "data": test_file, "out": config.out / "eval", "limit": config.eval.limit,
         "max_new_tokens": config.eval.max_new_tokens, "batch_size": config.eval.batch_size,
@@ -269,10 +289,10 @@ def teacher_tokens_per_request(answers_cache: Path) -> tuple[float, float] | Non
 def costs(config: DistillRunConfig, evaluation: dict) -> dict:
     """Cost and latency per 1,000 requests: the teacher's from its tokens at the configured prices, the student's
     from the machine time it took here."""
-    teacher = config.label.teacher
+    teacher = config.task.teacher
     timings = evaluation["timings"]
     examples = max(len(evaluation["examples"]), 1)
-    tokens = teacher_tokens_per_request(config.label.out / CACHE)
+    tokens = teacher_tokens_per_request(config.task.out / CACHE)
     priced = teacher.price_input_per_million is not None or teacher.price_output_per_million is not None
     teacher_cost = None
     if tokens and priced:
