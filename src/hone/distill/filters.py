@@ -8,7 +8,8 @@ import importlib
 import importlib.util
 import json
 import re
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -160,3 +161,20 @@ def rejections(checks: list[NamedCheck], answer: str, messages: list[dict]) -> l
         if reason:
             reasons.append(f"{name}: {reason}")
     return reasons
+
+
+def label_of(answer: str, filters: FilterSettings) -> str:
+    """The label an answer gives, read the way the labels filter reads it (the answer, or its JSON field)."""
+    if filters.label_field is None:
+        return answer.strip()
+    try:
+        found = json.loads(answer)
+    except ValueError:
+        return "(not JSON)"
+    return str(found.get(filters.label_field)) if isinstance(found, dict) else "(not an object)"
+
+
+def label_shares(answers: Sequence[str], filters: FilterSettings) -> dict[str, float]:
+    """The share of each label among the answers."""
+    counts = Counter(label_of(answer, filters) for answer in answers)
+    return {label: counts[label] / len(answers) for label in sorted(counts)}

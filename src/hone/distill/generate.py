@@ -31,7 +31,7 @@ from tqdm import tqdm
 from hone.data.curate.dedup import dedup_against, exact_dedup, near_dedup
 from hone.data.curate.steps import Removal
 from hone.data.formats import Example
-from hone.distill.filters import FilterSettings
+from hone.distill.filters import FilterSettings, label_shares
 from hone.distill.label import (
     LABELED,
     SUMMARY,
@@ -301,23 +301,6 @@ def embedding_spread(vectors: np.ndarray) -> float | None:
     similarities = vectors @ vectors.T
     pairs = similarities[np.triu_indices(count, k=1)]
     return float(np.mean(1.0 - pairs))
-
-
-def label_of(answer: str, filters: FilterSettings) -> str:
-    """The label an answer gives, read the way the labels filter reads it (the answer, or its JSON field)."""
-    if filters.label_field is None:
-        return answer.strip()
-    try:
-        found = json.loads(answer)
-    except ValueError:
-        return "(not JSON)"
-    return str(found.get(filters.label_field)) if isinstance(found, dict) else "(not an object)"
-
-
-def label_shares(answers: Sequence[str], filters: FilterSettings) -> dict[str, float]:
-    """The share of each label among the answers."""
-    counts = Counter(label_of(answer, filters) for answer in answers)
-    return {label: counts[label] / len(answers) for label in sorted(counts)}
 
 
 def total_variation(first: dict[str, float], second: dict[str, float]) -> float:

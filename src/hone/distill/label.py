@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm import tqdm
 
 from hone.distill.dataset import DatasetSettings, build_version
-from hone.distill.filters import FilterSettings, JudgeFilter, NamedCheck, build_checks, rejections
+from hone.distill.filters import FilterSettings, JudgeFilter, NamedCheck, build_checks, label_shares, rejections
 from hone.distill.teacher import Answer, AnswerCache, Teacher, TeacherSettings
 from hone.errors import HoneError
 
@@ -396,6 +396,7 @@ def answer_prompts(task: TeacherTask, prompts: Sequence[list[dict]], *, kind: st
                "template_sha256": template_sha256, "usage": teacher.usage.report(task.teacher),
                "judge": _judge_summary(task, judge),
                "rejections": _rejection_counts([answer for o in outcomes for answer in o.refused]),
+               "labels": _label_shares(task, rows[LABELED]),
                "out": str(task.out)}
     if task.dataset is not None and rows[LABELED]:
         summary["dataset"] = build_version(task.dataset, task.out / LABELED)
@@ -409,6 +410,14 @@ def _judge_summary(task: TeacherTask, judge: JudgeCalls | None) -> dict | None:
     same = judge.settings.url.rstrip("/") == task.teacher.url.rstrip("/") and judge.settings.model == task.teacher.model
     return {"model": judge.settings.model, "calls": judge.calls, "min_score": judge.settings.min_score,
             "is_the_teacher": same}
+
+
+def _label_shares(task: TeacherTask, kept: list[dict]) -> dict[str, float] | None:
+    """Each label's share of the kept examples (with `filters.labels`): a teacher that gives one label to almost
+    everything teaches the student one answer."""
+    if task.filters is None or task.filters.labels is None or not kept:
+        return None
+    return label_shares([row["messages"][-1]["content"] for row in kept], task.filters)
 
 
 def _rejection_counts(refused: list[dict]) -> dict[str, int]:

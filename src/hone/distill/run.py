@@ -29,6 +29,7 @@ STATE, REPORT_JSON, REPORT_MD = "state.json", "report.json", "report.md"
 TEACHER, STUDENT, BASE = "teacher", "student", "base"
 DONE = ("succeeded", "failed", "cancelled")
 GOOD, NOT_PROVEN, NOT_GOOD = "good enough", "not proven", "not good enough"
+ONE_LABEL_SHARE = 0.9  # a label set this lopsided is worth a warning in the proof
 
 
 class StudentTraining(BaseModel):
@@ -251,19 +252,33 @@ def evaluate_three(config: DistillRunConfig, run_dir: Path, test_file: Path, sho
     from hone.eval.run import evaluate
 
     teacher = config.task.teacher
+    # the teacher answers as it labeled: with the task's reference examples before the prompt (the student, trained
+    # on its answers, gets none); the system prompt comes with every test row
+    examples = reference_examples(config.task)
     settings = validate_eval_config({
         "base": config.train.base, "data": test_file, "out": config.out / "eval", "limit": config.eval.limit,
-        "max_new_tokens": config.eval.max_new_tokens, "batch_size": config.eval.batch_size,
+        "max_new_tokens": config.eval.max_new_tokens or teacher.max_tokens, "batch_size": config.eval.batch_size,
+        "train": examples,
         "candidates": [{"name": BASE},
                        {"name": STUDENT, "adapter": run_dir},
-                       {"name": TEACHER, "endpoint": {"url": teacher.url, "model": teacher.model,
-                                                      "api_key_env": teacher.api_key_env,
-                                                      "timeout_s": teacher.timeout_s,
-                                                      "concurrency": min(teacher.concurrency, 64)}}],
+                       {"name": TEACHER, "shots": _count_lines(examples) if examples else 0,
+                        "endpoint": {"url": teacher.url, "model": teacher.model, "api_key_env": teacher.api_key_env,
+                                     "timeout_s": teacher.timeout_s, "concurrency": min(teacher.concurrency, 64)}}],
         "metrics": config.eval.metrics.model_dump(), "judge": config.eval.judge.model_dump() if config.eval.judge
         else None, "forgetting": {"enabled": False},
         "verdict": {"candidate": STUDENT, "baseline": BASE}}, source="hone distill run")
     return evaluate(settings, show_progress=show_progress)
+
+
+def reference_examples(task: TeacherTask) -> Path | None:
+    """The reference examples the teacher saw before every prompt: `examples`, or a generate task's seeds."""
+    if task.examples is not None:
+        return task.examples
+    return getattr(task, "seeds", None) if getattr(task, "seeds_as_examples", False) else None
+
+
+def _count_lines(path: Path) -> int:
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
 
 
 def _scores(evaluation: dict, name: str, metric: str) -> list[float | None]:
@@ -335,6 +350,11 @@ def prove(config: DistillRunConfig, evaluation: dict, labeling: dict, teacher_wr
     if not labeling["complete"]:
         notes.append(f"{labeling['failed'] + labeling['not_asked']} of {labeling['prompts']} prompts have no "
                      "answer from the teacher (see failures.jsonl); run again to finish them")
+    shares = labeling.get("labels") or {}
+    top = max(shares.items(), key=lambda item: item[1], default=None)
+    if top and top[1] >= ONE_LABEL_SHARE:
+        notes.append(f"the teacher answered {top[0]!r} to {top[1]:.0%} of the kept prompts: a student trained on "
+                     "that learns one answer; check the teacher's labels before trusting the score")
     over_base = evaluation["comparisons"].get(STUDENT, {}).get(metric)
     if over_base and not (over_base["excludes_zero"] and over_base["delta"] > 0):
         notes.append(f"the student does not beat its base on {metric} with confidence "

@@ -114,9 +114,11 @@ class PromptBuilder:
         self._indexes: dict[str, object] = {}
 
     def fixed_shots(self, k: int) -> list[EvalCase]:
-        """k training examples drawn once with the run's seed: every test prompt sees the same demo."""
-        rng = random.Random(self.seed)
-        return rng.sample(self.train, min(k, len(self.train)))
+        """k training examples drawn once with the run's seed: every test prompt sees the same demo (all of them, in
+        the file's order, when k covers the file: a fixed set of reference examples stays as it was written)."""
+        if k >= len(self.train):
+            return list(self.train)
+        return random.Random(self.seed).sample(self.train, k)
 
     def _index(self, source: str):
         if source not in self._indexes:
