@@ -60,15 +60,18 @@ def _test_sample(test: Path, out: Path, seconds: float, seconds_per_example: flo
 
 
 def _seconds_per_example(base: str, test: Path, batch_size: int) -> float:
-    """Wall seconds per test example for zero-shot greedy generation, timed on one batch."""
+    """Wall seconds per test example for zero-shot greedy generation, timed on one batch on the device the
+    evaluation will run on (a GPU when there is one), so the time budget is sized for it."""
     from hone.data.render import render_prompt
     from hone.eval.generate import generate_replies
     from hone.eval.run import default_max_new_tokens
     from hone.models import frozen_dtype, load_model, load_tokenizer
+    from hone.models.finetuned import default_device
 
     cases = load_cases(test, batch_size)
     tokenizer = load_tokenizer(base)
-    model = load_model(base, dtype=frozen_dtype("cpu"))
+    device = default_device()
+    model = load_model(base, dtype=frozen_dtype(device), device=device)
     prompts = [render_prompt(tokenizer, case.prompt) for case in cases]
     began = time.perf_counter()
     generate_replies(model, tokenizer, prompts, default_max_new_tokens(tokenizer, [c.reference for c in cases]),

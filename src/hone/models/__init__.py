@@ -3,12 +3,14 @@
 from hone.models.catalog import CATALOG, ModelSource, resolve
 from hone.models.loading import (
     bf16_is_fast,
+    check_precision,
     fingerprint,
     frozen_dtype,
     is_cached,
     load_model,
     load_tokenizer,
     local_model_dir,
+    resolve_device,
 )
 
 __all__ = [
@@ -16,10 +18,12 @@ __all__ = [
     "ModelSource",
     "resolve",
     "bf16_is_fast",
+    "check_precision",
     "fingerprint",
     "frozen_dtype",
     "is_cached",
     "load_model",
     "load_tokenizer",
     "local_model_dir",
+    "resolve_device",
 ]

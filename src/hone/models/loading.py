@@ -135,11 +135,43 @@ def bf16_is_fast(device: str = "cpu") -> bool:
 
 
 def frozen_dtype(device: str = "cpu", prefer: str = "auto") -> torch.dtype:
-    """dtype for frozen base weights: bf16 where the hardware runs it fast, else float32."""
+    """dtype for frozen base weights: bf16 where the hardware runs it fast; on a GPU without bf16, fp16 (training
+    then scales the loss); else float32."""
     if prefer == "auto":
-        return torch.bfloat16 if bf16_is_fast(device) else torch.float32
+        if bf16_is_fast(device):
+            return torch.bfloat16
+        return torch.float16 if device.startswith("cuda") and torch.cuda.is_available() else torch.float32
     return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
             "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16}[prefer]
+
+
+def resolve_device(setting: str, name: str, local_rank: int = 0) -> str:
+    """The device a `setting` ("auto", "cpu", "cuda" or "cuda:N") names, checked: CUDA asked for where there is
+    none, or a GPU index past the last, is an error naming the setting `name`. "auto" and "cuda" take this
+    process's GPU (`local_rank`) when CUDA is present."""
+    if setting == "cpu":
+        return "cpu"
+    cuda = torch.cuda.is_available()
+    if setting == "auto":
+        return f"cuda:{local_rank}" if cuda else "cpu"
+    if setting != "cuda" and not (setting.startswith("cuda:") and setting[5:].isdigit()):
+        raise HoneError(f"{name} is {setting!r}: expected auto, cpu, cuda or cuda:N")
+    if not cuda:
+        raise HoneError(f"{name} is {setting!r} but this machine has no CUDA GPU that PyTorch can use "
+                        f"(torch {torch.__version__}, built {'with' if torch.version.cuda else 'without'} CUDA)",
+                        hint=f"set {name} to auto or cpu, or install a CUDA build of torch on a GPU machine")
+    index = local_rank if setting == "cuda" else int(setting[5:])
+    if index >= torch.cuda.device_count():
+        raise HoneError(f"{name} is {setting!r} but this machine has {torch.cuda.device_count()} GPU(s) "
+                        f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})", hint=f"set {name} to one of them")
+    return f"cuda:{index}"
+
+
+def check_precision(device: str, precision: str, name: str = "training.precision") -> None:
+    """Refuse a precision the device cannot run: bf16 on a GPU without it (e.g. a T4 or V100)."""
+    if precision in ("bf16", "bfloat16") and device.startswith("cuda") and not bf16_is_fast(device):
+        raise HoneError(f"{name} is bf16 but {torch.cuda.get_device_name(device)} does not support bf16",
+                        hint=f"set {name} to auto (fp16 with loss scaling on this GPU) or fp16")
 
 
 def load_tokenizer(name: str):

@@ -35,10 +35,11 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(folder: Path, model, optimizer, scheduler, progress: Progress, keep: int = 2,
-                    servable: Callable[[Path], None] | None = None) -> Path:
+                    servable: Callable[[Path], None] | None = None, scaler=None) -> Path:
     """Write a checkpoint atomically under `folder/step-N` and keep only the newest `keep` of them.
 
-    `servable(folder)` writes weights a server can load as they are (an adapter) into the checkpoint too.
+    `servable(folder)` writes weights a server can load as they are (an adapter) into the checkpoint too; an fp16
+    run's loss `scaler` keeps its scale, so a resumed run steps as the uninterrupted one would.
     """
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"step-{progress.global_step:07d}"
@@ -46,9 +47,14 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, progress: Progres
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     save_file(trainable_state(model), str(staging / "trainable.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, staging / "optim.pt")
-    torch.save({"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
-               staging / "rng.pt")
+    optim = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    if scaler is not None:
+        optim["scaler"] = scaler.state_dict()
+    torch.save(optim, staging / "optim.pt")
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():  # dropout on a GPU draws from the GPU's own generators
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, staging / "rng.pt")
     (staging / "progress.json").write_text(json.dumps(asdict(progress), indent=2))
     if servable is not None:
         servable(staging)
@@ -64,7 +70,7 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> Progress:
+def load_checkpoint(path: Path, model, optimizer, scheduler, scaler=None) -> Progress:
     """Restore everything `save_checkpoint` wrote; the next step is the one that would have come next."""
     try:
         weights = load_file(str(path / "trainable.safetensors"))
@@ -74,8 +80,12 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> Progress:
         state = torch.load(path / "optim.pt", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         rng = torch.load(path / "rng.pt", weights_only=False)
         torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
         return Progress(**json.loads((path / "progress.json").read_text()))

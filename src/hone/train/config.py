@@ -59,8 +59,12 @@ class TrainingConfig(Section):
     packing: bool = Field(False, description="Pack several examples into each row of data.max_length tokens; "
                           "each token attends only within its own example and positions restart, so no padding "
                           "is computed over.")
-    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="dtype of the frozen weights and of "
-                                                     "the compute (autocast), trained weights staying float32.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="dtype of the frozen weights and of the compute (autocast), trained weights staying "
+        "float32. auto: bf16 where the hardware runs it fast, fp16 with loss scaling on a GPU without bf16, else "
+        "fp32.")
+    device: str = Field("auto", description="auto (this process's CUDA GPU when present, else the CPU), cpu, cuda "
+                        "or cuda:N.")
     chunked_loss: bool = Field(True, description="Run the lm_head and cross-entropy only on target tokens, in "
                                "chunks, so the full batch x sequence x vocabulary logits are never built.")
     compile: bool = Field(False, description="torch.compile the decoder: faster steps once compiled, but the first "

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from hone.errors import HoneError
+from hone.models.loading import resolve_device
 
 Value = TypeVar("Value")
 _joined_by_hone = False  # the process group is torn down only by whoever set it up
@@ -39,8 +40,13 @@ def threads_per_process(local_world_size: int) -> int:
     return max(1, available_cores() // max(1, local_world_size))
 
 
-def default_device(local_rank: int) -> torch.device:
-    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+def training_device(setting: str, local_rank: int, world_size: int) -> torch.device:
+    """This process's device for `training.device`: with several processes each takes its own GPU (nccl, one GPU
+    per process), so a fixed cuda:N is refused there."""
+    if world_size > 1 and setting.startswith("cuda:"):
+        raise HoneError(f"training.device is {setting!r} but {world_size} processes train: each takes its own GPU "
+                        "(cuda:LOCAL_RANK)", hint="set training.device to auto or cuda")
+    return torch.device(resolve_device(setting, "training.device", local_rank))
 
 
 @dataclass(frozen=True)
@@ -55,13 +61,14 @@ class Distributed:
     lockstep: bool = False  # FSDP: every rank runs every micro-batch
 
     @classmethod
-    def from_env(cls, fsdp: bool = False) -> Distributed:
-        """From torchrun's environment variables; joins the process group (gloo or nccl) on first call."""
+    def from_env(cls, fsdp: bool = False, device: str = "auto") -> Distributed:
+        """From torchrun's environment variables, on the `training.device` setting's device; joins the process
+        group (gloo on CPUs, nccl on GPUs) on first call."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         place = cls(rank=int(os.environ.get("RANK", "0")), world_size=world, local_rank=local_rank,
                     local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
-                    device=default_device(local_rank), lockstep=fsdp)
+                    device=training_device(device, local_rank, world), lockstep=fsdp)
         if place.enabled and not dist.is_initialized():
             place._join()
         return place

@@ -12,6 +12,7 @@ from hone.models import frozen_dtype, load_tokenizer
 from hone.train.batching import epoch_batches
 from hone.train.config import TrainConfig
 from hone.train.data import load_training_data
+from hone.train.distributed import Distributed
 from hone.train.loop import total_optimizer_steps
 from hone.train.memory import memory_plan
 from hone.train.packing import pack_examples, packing_efficiency
@@ -28,22 +29,33 @@ def marked_segments(tokenizer, input_ids: list[int], trained: list[bool]) -> lis
     return segments
 
 
+def _wait_for(device: torch.device) -> None:
+    """A GPU runs queued work asynchronously: wait for it before reading the clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def time_one_step(config: TrainConfig, data, pad_id: int) -> float:
-    """Tokens/s of one forward+backward on the longest micro-batch of the first epoch, in the run's own loop."""
+    """Tokens/s of one forward+backward on the longest micro-batch of the first epoch, in the run's own loop, on
+    the device that will train (training.device)."""
     from hone.train.run import build_model, make_trainer
 
-    model = build_model(config, frozen_dtype("cpu", config.training.precision))
+    dist = Distributed.from_env(device=config.training.device)
+    device = str(dist.device)
+    model = dist.prepare_model(build_model(config, frozen_dtype(device, config.training.precision), device), config)
     with tempfile.TemporaryDirectory() as folder:
         trainer = make_trainer(config, model, data, Path(folder), pad_id, show_progress=False)
         lengths = trainer.unit_lengths
         batches = epoch_batches(lengths, config.training.batch_size, config.training.seed, 0,
                                 config.training.group_by_length)
-        batch = trainer._collate(max(batches, key=lambda b: sum(lengths[i] for i in b)))
+        batch = dist.to_device(trainer._collate(max(batches, key=lambda b: sum(lengths[i] for i in b))))
         for _ in range(2):  # a warm-up pass, then the measured one
+            _wait_for(dist.device)
             started = time.perf_counter()
             with trainer._autocast():
                 loss = trainer._loss(batch)
-            (loss / max(batch.num_trained, 1)).backward()
+            trainer._scaled(loss / max(batch.num_trained, 1)).backward()
+            _wait_for(dist.device)
         seconds = time.perf_counter() - started
     del model, trainer
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
@@ -76,7 +88,8 @@ def dry_run(config: TrainConfig, measure: bool = True) -> dict:
         report["packing"] = {"rows": len(rows),
                              "efficiency": round(packing_efficiency(lengths, rows, config.data.max_length), 4)}
     longest_row = max(sum(lengths[i] for i in row) for row in rows) if rows else report["tokens"]["max_length"]
-    report["memory"] = memory_plan(config, longest_row)
+    dist = Distributed.from_env(device=config.training.device)
+    report["memory"] = memory_plan(config, longest_row, str(dist.device), dist.world_size)
     if measure:
         tokens_per_s = time_one_step(config, data, tokenizer.pad_token_id)
         report["estimate"] = {"tokens_per_s": round(tokens_per_s, 1),

@@ -45,6 +45,12 @@ def lr_lambda(total_steps: int, warmup_steps: int, kind: str):
     return factor
 
 
+def compute_dtype(device: str, precision: str) -> torch.dtype | None:
+    """The autocast dtype of a run: bf16 or fp16 where its precision resolves to one on `device`; None: float32."""
+    dtype = frozen_dtype(device, precision)
+    return dtype if dtype in (torch.bfloat16, torch.float16) else None
+
+
 def total_optimizer_steps(config: TrainConfig, num_examples: int) -> tuple[int, int]:
     """(optimizer steps in the run, micro-batches per epoch)."""
     per_epoch = math.ceil(num_examples / config.training.batch_size)
@@ -103,11 +109,15 @@ class Trainer:
         self.weights_folder = "model" if config.method == "full" else "adapter"
         self.pad_id = pad_id
         self.show_progress = show_progress
-        self.bf16_compute = frozen_dtype(self.base.device.type, config.training.precision) == torch.bfloat16
-        if self.bf16_compute and config.method in {"lora", "qlora", "dpo"}:
+        self.compute_dtype = compute_dtype(str(self.base.device), config.training.precision)
+        if self.compute_dtype is not None and config.method in {"lora", "qlora", "dpo"}:
             self._autocast_adapter_inputs()
+        # fp16's narrow range underflows small gradients: the loss is scaled up before backward, down before the
+        # step (bf16 has float32's range and needs none)
+        self.scaler = (torch.amp.GradScaler(self.base.device.type) if self.compute_dtype == torch.float16
+                       else None)
         # This process's share of a multi-process run (a world of one: all).
-        self.dist = Distributed.from_env(fsdp=config.training.distributed == "fsdp")
+        self.dist = Distributed.from_env(fsdp=config.training.distributed == "fsdp", device=config.training.device)
         self.lengths = [len(e) for e in data.train]
         t = config.training
         # The units batches are drawn from: examples, or rows of packed examples.
@@ -129,7 +139,7 @@ class Trainer:
         found = latest_checkpoint(self.checkpoints)
         if found is None:
             return False
-        self.progress = load_checkpoint(found, self.model, self.optimizer, self.scheduler)
+        self.progress = load_checkpoint(found, self.model, self.optimizer, self.scheduler, self.scaler)
         self._truncate_metrics(self.progress.global_step)
         return True
 
@@ -166,14 +176,16 @@ class Trainer:
         for batch, weight in batches:
             with self._autocast():
                 loss = self._loss(batch) * weight  # weight 0: a stand-in that keeps FSDP ranks in step
-            (loss / max(1, targets)).backward()  # every target token weighs the same across the group
+            self._scaled(loss / max(1, targets)).backward()  # every target token weighs the same across the group
             loss_sum, tokens = loss_sum + float(loss.detach()), tokens + batch.num_tokens * weight
         self.dist.sum_gradients(self.model)
         loss_sum, tokens = self.dist.all_sum(loss_sum, tokens)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clipping and the step see the true gradients
         if self.config.training.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(
                 [p for p in self.model.parameters() if p.requires_grad], self.config.training.max_grad_norm)
-        self.optimizer.step()
+        self._step_optimizer()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum / max(1, targets), tokens
@@ -192,11 +204,23 @@ class Trainer:
         return packed_target_token_nll(self.base, batch, chunked=chunked)[0].sum()
 
     def _autocast(self):
-        """bf16 compute where the run's precision is bf16, over float32 trained weights (the whole model for
-        method full, the adapter otherwise: the frozen base already holds bf16)."""
-        if self.bf16_compute:
-            return torch.autocast(self.base.device.type, dtype=torch.bfloat16)
+        """bf16 (or fp16) compute where the run's precision is, over float32 trained weights (the whole model for
+        method full, the adapter otherwise: the frozen base already holds the half-precision weights)."""
+        if self.compute_dtype is not None:
+            return torch.autocast(self.base.device.type, dtype=self.compute_dtype)
         return nullcontext()
+
+    def _scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss to call backward on: scaled up under fp16."""
+        return self.scaler.scale(loss) if self.scaler is not None else loss
+
+    def _step_optimizer(self) -> None:
+        """The optimizer step; under fp16 skipped when a gradient overflowed (the scale is then lowered)."""
+        if self.scaler is None:
+            self.optimizer.step()
+            return
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     def _autocast_adapter_inputs(self) -> None:
         """Let autocast cast plain LoRA layers' inputs: PEFT would first turn each bf16 input into float32 for
@@ -287,7 +311,7 @@ class Trainer:
                 checkpoint_due = (t.save_every and p.global_step % t.save_every == 0) or p.epoch > epoch_before
                 if self.dist.is_main and (checkpoint_due or stop["stop"]):
                     save_checkpoint(self.checkpoints, self.model, self.optimizer, self.scheduler, p,
-                                    keep=t.save_total_limit, servable=self._servable_writer())
+                                    keep=t.save_total_limit, servable=self._servable_writer(), scaler=self.scaler)
                 if stopped_early or stop["stop"]:
                     interrupted = stop["stop"] and not stopped_early
                     break

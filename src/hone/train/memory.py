@@ -88,30 +88,61 @@ def estimate_memory(config: TrainConfig, dtype: torch.dtype, batch_tokens: int) 
 
 
 def available_memory(device: str = "cpu") -> int:
-    """Bytes free for a new run: free GPU memory on CUDA, else the system's available memory."""
+    """Bytes free for a new run: free memory of that GPU on CUDA (what this process can still take), else the
+    system's available memory."""
     if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.mem_get_info()[0]
+        return torch.cuda.mem_get_info(torch.device(device))[0]
     import psutil
 
     return psutil.virtual_memory().available
 
 
-def fit_warning(estimate: dict, available: int) -> str | None:
+def _what_to_lower(estimate: dict, available: int, fsdp: bool, device: str) -> str:
+    """The advice of a run that does not fit: FSDP when the frozen weights alone are too big for one GPU."""
+    if device.startswith("cuda") and estimate["bytes"]["frozen_weights"] > available and not fsdp:
+        return ("the frozen weights alone need more than one device holds: shard them across GPUs with "
+                "training.distributed: fsdp and --nproc N (or use method qlora)")
+    return ("lower training.batch_size (and raise training.grad_accum to keep the effective batch), lower "
+            "data.max_length, or use a smaller lora.r")
+
+
+def fit_warning(estimate: dict, available: int, fsdp: bool = False, device: str = "cpu") -> str | None:
     """A warning naming what to change when the estimate exceeds the available memory, else None."""
     if estimate["total_bytes"] <= available:
         return None
     return (f"this run needs about {estimate['total_gib']:.1f} GiB but only {available / GIB:.1f} GiB is free: "
-            "lower training.batch_size (and raise training.grad_accum to keep the effective batch), lower "
-            "data.max_length, or use a smaller lora.r")
+            + _what_to_lower(estimate, available, fsdp, device))
 
 
-def memory_plan(config: TrainConfig, longest_example: int) -> dict:
-    """The memory estimate for the largest possible micro-batch (batch_size x the longest example), the
-    memory free now, and a warning when the run will not fit."""
-    estimate = estimate_memory(config, frozen_dtype("cpu", config.training.precision),
-                               config.training.batch_size * longest_example)
-    free = available_memory("cpu")
-    return estimate | {"available_gib": round(free / GIB, 2), "warning": fit_warning(estimate, free)}
+def shard_estimate(estimate: dict, world_size: int) -> dict:
+    """Each process's share under FSDP: the frozen weights are sharded across the processes (one layer is gathered
+    at a time, about one layer's worth more, left in the runtime allowance)."""
+    parts = dict(estimate["bytes"])
+    parts["frozen_weights"] = parts["frozen_weights"] // world_size
+    total = sum(parts.values())
+    return estimate | {"bytes": parts, "total_bytes": total, "total_gib": round(total / GIB, 2)}
+
+
+def memory_plan(config: TrainConfig, longest_example: int, device: str = "cpu", world_size: int = 1) -> dict:
+    """The memory estimate for one process's largest possible micro-batch (its share of batch_size x the longest
+    example) on the device that trains, the memory free there now, and a warning when the run will not fit."""
+    fsdp = config.training.distributed == "fsdp" and world_size > 1
+    per_process = -(-config.training.batch_size // world_size)  # each process runs its share of a micro-batch
+    estimate = estimate_memory(config, frozen_dtype(device, config.training.precision),
+                               per_process * longest_example)
+    if fsdp:
+        estimate = shard_estimate(estimate, world_size)
+    free = available_memory(device)
+    return estimate | {"device": device, "available_gib": round(free / GIB, 2),
+                       "warning": fit_warning(estimate, free, fsdp, device)}
+
+
+def refuse_if_it_cannot_fit(plan: dict) -> None:
+    """On a GPU a run that does not fit fails minutes later with an out-of-memory error: refuse it before loading,
+    with the estimate, the free memory and what to lower. (On the CPU the system may swap: a warning.)"""
+    if plan["warning"] and plan["device"].startswith("cuda"):
+        raise HoneError(f"the run does not fit on {plan['device']}: {plan['warning']}",
+                        hint="or run `hone train CONFIG --dry-run` to see the estimate's parts")
 
 
 def keep_freed_memory() -> None:

@@ -16,7 +16,7 @@ import yaml
 
 import hone
 from hone.errors import HoneError
-from hone.models import fingerprint, frozen_dtype, load_model, load_tokenizer, local_model_dir
+from hone.models import check_precision, fingerprint, frozen_dtype, load_model, load_tokenizer, local_model_dir
 from hone.models.loading import peft_quietly
 from hone.train.checkpoint import latest_checkpoint
 from hone.train.config import TrainConfig, dump_config, parse_config
@@ -24,7 +24,7 @@ from hone.train.data import TrainingData, load_training_data
 from hone.train.distributed import Distributed
 from hone.train.loop import Trainer
 from hone.train.lora_forward import fuse_lora_forward
-from hone.train.memory import keep_freed_memory, memory_plan, with_lora
+from hone.train.memory import keep_freed_memory, memory_plan, refuse_if_it_cannot_fit, with_lora
 from hone.train.tracking import NullTracker, Tracker
 
 
@@ -38,7 +38,7 @@ def code_version() -> str:
     return f"{hone.__version__}+{commit}" if commit else hone.__version__
 
 
-def build_lora_model(config: TrainConfig, dtype: torch.dtype):
+def build_lora_model(config: TrainConfig, dtype: torch.dtype, device: str = "cpu"):
     """The frozen base in `dtype` with trainable LoRA (or DoRA) adapters, kept in float32, from PEFT. For qlora
     the base's linear layers are 4-bit NF4 (bitsandbytes) computing in `dtype`, and its other weights float32."""
     from peft import LoraConfig, prepare_model_for_kbit_training
@@ -48,7 +48,9 @@ def build_lora_model(config: TrainConfig, dtype: torch.dtype):
     # The QLoRA recipe: NF4 suits normally distributed weights; double quantization also packs the block scales.
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                       bnb_4bit_compute_dtype=dtype) if qlora else None
-    base = load_model(config.base_model, dtype=dtype, quantization=quantization)
+    # loaded straight onto the training device: a 4-bit base is quantized there, and a GPU run never holds a
+    # second copy of the weights in host memory
+    base = load_model(config.base_model, dtype=dtype, device=device, quantization=quantization)
     base.config.use_cache = False
     if qlora:
         with peft_quietly():
@@ -61,15 +63,15 @@ def build_lora_model(config: TrainConfig, dtype: torch.dtype):
     return model
 
 
-def build_model(config: TrainConfig, dtype: torch.dtype):
-    """The model the run trains: for method full the whole base (float32 weights, compute in `dtype` under
-    autocast), else the frozen base with an adapter. With training.compile the decoder is compiled."""
+def build_model(config: TrainConfig, dtype: torch.dtype, device: str = "cpu"):
+    """The model the run trains, on `device`: for method full the whole base (float32 weights, compute in `dtype`
+    under autocast), else the frozen base with an adapter. With training.compile the decoder is compiled."""
     if config.method == "full":
-        model = load_model(config.base_model, dtype=torch.float32)
+        model = load_model(config.base_model, dtype=torch.float32, device=device)
         model.config.use_cache = False
         model.requires_grad_(True)
     else:
-        model = build_lora_model(config, dtype)
+        model = build_lora_model(config, dtype, device)
     if config.training.compile:
         # Dynamic shapes: batches differ in length, and a recompile per length would cost more than it saves.
         model.get_decoder().compile(dynamic=True)
@@ -177,7 +179,10 @@ def train(config: TrainConfig, *, config_path: Path | None = None, resume_dir: P
     the run, marked as pruned.
     """
     started = time.time()
-    dist = Distributed.from_env()
+    settings = (config if config is not None else read_run_config(Path(resume_dir))).training
+    dist = Distributed.from_env(device=settings.device)
+    device = str(dist.device)
+    check_precision(device, settings.precision)
     if run_dir is not None:
         resume_dir = dist.on_main(lambda: prepare_fixed_run_dir(config, Path(run_dir)))
         run_dir = Path(run_dir)
@@ -192,12 +197,13 @@ def train(config: TrainConfig, *, config_path: Path | None = None, resume_dir: P
     data = load_training_data(config, tokenizer, on_main=dist.on_main, show_progress=show_progress and dist.is_main)
     if data.replay.warning and dist.is_main:
         print(f"warning: {data.replay.warning}", file=sys.stderr)
-    memory = memory_plan(config, max(len(example) for example in data.train))
+    memory = memory_plan(config, max(len(example) for example in data.train), device, dist.world_size)
+    refuse_if_it_cannot_fit(memory)  # before loading: on a GPU it would fail minutes later, out of memory
     if memory["warning"] and dist.is_main:
         print(f"warning: {memory['warning']}", file=sys.stderr)
-    dtype = frozen_dtype(dist.device.type, config.training.precision)
+    dtype = frozen_dtype(device, config.training.precision)
     keep_freed_memory()
-    model = dist.prepare_model(build_model(config, dtype), config)
+    model = dist.prepare_model(build_model(config, dtype, device), config)
     with start_tracking(config, run_dir, data) if dist.is_main else NullTracker() as tracker:
         trainer = make_trainer(config, model, data, run_dir, tokenizer.pad_token_id,
                                show_progress=show_progress and dist.is_main, tracker=tracker, on_eval=on_eval)
