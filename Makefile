@@ -5,7 +5,7 @@ PIP     := $(PY) -m pip
 HONE    := $(VENV)/bin/hone
 STAMP   := $(VENV)/.hone-installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	# PostgreSQL server binaries for the store tests (they start a throwaway server); CI runs as root.
@@ -39,7 +39,7 @@ demo: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh
 
 test: install
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -m "not gpu"
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench
@@ -51,6 +51,10 @@ bench: install
 	$(PY) bench/jobs_overhead.py
 	$(PY) bench/pii_recall.py
 	$(PY) bench/drift_detection.py
+
+# On a machine with an NVIDIA GPU and its own CUDA torch (not the CPU venv above): the gpu tests and benchmarks.
+gpu-check:
+	bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

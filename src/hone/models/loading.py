@@ -196,12 +196,14 @@ def load_model(name: str, dtype: torch.dtype | None = None, device: str = "cpu",
     from transformers import AutoModelForCausalLM
 
     _quiet_transformers()
+    # a 4-bit model cannot be moved after loading: bitsandbytes quantizes it on the GPU it is loaded onto
+    placed = quantization is not None and device.startswith("cuda")
     model = AutoModelForCausalLM.from_pretrained(
         str(local_model_dir(name)), dtype=dtype or torch.float32, attn_implementation="sdpa",
-        quantization_config=quantization,
+        quantization_config=quantization, **({"device_map": {"": device}} if placed else {}),
     )
     model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
-    return model.to(device)
+    return model if placed else model.to(device)
 
 
 def _contiguous_input(_module, args):

@@ -39,6 +39,14 @@ class Batch:
         return int(self.trained[:, 1:].sum())
 
 
+def on_device(batch: Batch, device: torch.device) -> Batch:
+    """The batch's tensors on the model's device (a GPU model is scored on its GPU)."""
+    if batch.input_ids.device == device:
+        return batch
+    return Batch(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
+                 trained=batch.trained.to(device))
+
+
 def collate(examples: list[RenderedExample], pad_id: int) -> Batch:
     """Right-pad examples to the longest one in the batch."""
     width = max(len(example) for example in examples)
@@ -100,7 +108,8 @@ def example_perplexities(model, examples: list[RenderedExample], pad_id: int, ba
     result: list[float | None] = [None] * len(examples)
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
-        nll, counts = target_token_nll(model, collate([examples[i] for i in indices], pad_id))
+        batch = collate([examples[i] for i in indices], pad_id)
+        nll, counts = target_token_nll(model, on_device(batch, model.device))
         for index, total, count in zip(indices, nll.tolist(), counts.tolist(), strict=True):
             result[index] = math.exp(total / count) if count else None
     return result

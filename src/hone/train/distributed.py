@@ -168,7 +168,9 @@ class Distributed:
     def prepare_model(self, model: torch.nn.Module, config) -> torch.nn.Module:
         """The model on this rank's device, with rank 0's trainable weights on every rank; with
         training.distributed: fsdp the frozen base weights of each decoder layer are sharded across ranks."""
-        model = model.to(self.device) if self.device.type != "cpu" else model
+        # a model loaded onto the device stays as it is (a 4-bit one refuses to be moved at all)
+        if any(param.device != self.device for param in model.parameters()):
+            model = model.to(self.device)
         if not self.enabled:
             return model
         trainable = [param for param in model.parameters() if param.requires_grad]
