@@ -73,6 +73,19 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
+def shared_home() -> Path:
+    """The user's real HONE_HOME (or $HONE_E2E_HOME), where the bundled model is de-quantized once for every test
+    that uses it."""
+    return Path(os.environ.get("HONE_E2E_HOME", str(Path.home() / ".cache" / "hone")))
+
+
+@pytest.fixture
+def shared_model_cache(monkeypatch) -> Path:
+    """Tests on the real bundled model share its cache instead of converting it per test."""
+    monkeypatch.setenv("HONE_HOME", str(shared_home()))
+    return shared_home()
+
+
 @pytest.fixture(autouse=True)
 def isolated_hone_home(tmp_path, monkeypatch):
     """Every test gets its own HONE_HOME unless it uses the shared real-model cache."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,14 +14,6 @@ DATA = ROOT / "examples" / "support_tickets"
 MODEL = "smollm2-135m-instruct"
 
 pytestmark = pytest.mark.real_model
-
-
-@pytest.fixture
-def shared_model_cache(monkeypatch):
-    """Use the user's real HONE_HOME so the de-quantized model is converted once, not per test."""
-    home = os.environ.get("HONE_E2E_HOME", str(Path.home() / ".cache" / "hone"))
-    monkeypatch.setenv("HONE_HOME", home)
-    return Path(home)
 
 
 def test_cli_lists_the_bundled_model(shared_model_cache):

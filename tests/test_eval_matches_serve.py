@@ -14,7 +14,7 @@ from pathlib import Path
 import openai
 import pytest
 import torch
-from conftest import serve_app
+from conftest import serve_app, shared_home
 from transformers import GenerationConfig
 from transformers.generation.utils import GenerationMixin
 
@@ -121,7 +121,7 @@ def test_eval_feeds_stops_and_answers_like_the_server(tiny_model_dir, docs, tmp_
 @pytest.mark.real_model
 def test_eval_answers_like_the_server_on_the_real_model(docs, tmp_path, monkeypatch):
     own_home = os.environ["HONE_HOME"]
-    monkeypatch.setenv("HONE_HOME", os.environ.get("HONE_E2E_HOME", str(Path.home() / ".cache" / "hone")))
+    monkeypatch.setenv("HONE_HOME", str(shared_home()))
     real = local_model_dir("smollm2-135m-instruct")
     monkeypatch.setenv("HONE_HOME", own_home)  # the shared cache gets no fingerprints of this test's folders
     reply = assert_eval_matches_serve(real, docs, tmp_path, monkeypatch)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -144,13 +142,6 @@ def test_cli_export_json_and_the_merge_flag(run_dir, tmp_path):
     assert isinstance(refused.exception, HoneError) and "--merge" in str(refused.exception)
     again = runner.invoke(app, ["export", str(run_dir), "--merge", "--out", str(out)])
     assert isinstance(again.exception, HoneError) and "--force" in str(again.exception)
-
-
-@pytest.fixture
-def shared_model_cache(monkeypatch):
-    """The user's real HONE_HOME, so the bundled model is de-quantized once, not per test."""
-    home = os.environ.get("HONE_E2E_HOME", str(Path.home() / ".cache" / "hone"))
-    monkeypatch.setenv("HONE_HOME", home)
 
 
 @pytest.mark.real_model

@@ -20,7 +20,7 @@ from pathlib import Path
 import openai
 import pytest
 import torch
-from conftest import serve_app
+from conftest import serve_app, shared_home
 from safetensors.torch import load_file
 from test_serve import health, make_adapter
 from test_train import make_config, write_chat_jsonl
@@ -50,16 +50,6 @@ pytestmark = [
 ]
 
 
-def shared_home() -> str:
-    """The user's real HONE_HOME, where the bundled model is de-quantized once for every test."""
-    return os.environ.get("HONE_E2E_HOME", str(Path.home() / ".cache" / "hone"))
-
-
-@pytest.fixture
-def shared_model_cache(monkeypatch) -> None:
-    monkeypatch.setenv("HONE_HOME", shared_home())
-
-
 def record(figures: dict) -> None:
     """Append one JSON line of figures to $HONE_GPU_RESULTS, so `make gpu-check` reports what the tests measured."""
     path = os.environ.get("HONE_GPU_RESULTS")
@@ -86,7 +76,7 @@ def llama_1b_dir(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("llama-1b")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HONE_HOME", shared_home())
+        patch.setenv("HONE_HOME", str(shared_home()))
         tokenizer = load_tokenizer(MODEL)
     tokenizer.save_pretrained(folder)
     torch.manual_seed(0)
