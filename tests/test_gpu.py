@@ -262,3 +262,16 @@ def test_a_gpu_trained_adapter_exports_to_files_transformers_loads(tmp_path, sha
         assert (base(**inputs).logits - expected).abs().max() > 1e-2  # the trained adapter matters: can fail
         torch.testing.assert_close(merged(**inputs).logits, expected, atol=1e-3, rtol=1e-3)
         torch.testing.assert_close(from_gguf.to(DEVICE).eval()(**inputs).logits, expected, atol=1e-3, rtol=1e-3)
+
+
+def test_hone_eval_runs_on_the_gpu_with_perplexity_and_forgetting(tmp_path, shared_model_cache):
+    from hone.eval.run import evaluate
+
+    run_dir = train(load_config(make_config(tmp_path, MODEL, max_steps=4, eval_every=None)), show_progress=False)
+    report = evaluate(device=DEVICE, show_progress=False, base=MODEL, adapter=run_dir, data=tmp_path / "eval.jsonl",
+                      out=tmp_path / "eval-report", forgetting={"enabled": True, "limit": 8})
+    assert report["config"]["device"] == DEVICE
+    for name in ("base", "fine-tuned"):  # scored on the GPU: the batches go where the model is
+        assert report["aggregates"][name]["perplexity"] > 1
+    assert report["forgetting"] is not None and not report["failures"]
+    record({"eval": "smollm2 base vs fine-tuned", "total_s": report["timings"]["total_s"]})
