@@ -118,6 +118,17 @@ def test_near_duplicates_with_small_edits_are_removed_and_distinct_examples_kept
     assert cluster["kept"]["line"] == 1 and cluster["removed"][0]["line"] == 2
 
 
+def test_a_long_shared_system_prompt_does_not_make_short_examples_near_duplicates():
+    system = " ".join(f"Rule {i}: answer the customer politely and name the policy that applies." for i in range(20))
+    rows = [Example([{"role": "system", "content": system}, {"role": "user", "content": question},
+                     {"role": "assistant", "content": answer}], "tickets.jsonl", line, "chat")
+            for line, (question, answer) in enumerate([("Where is my parcel?", "shipping"),
+                                                       ("My card was charged twice", "billing"),
+                                                       ("I cannot log in", "account")], 1)]
+    kept, report = near_dedup(rows, threshold=0.8)
+    assert [e.line for e in kept] == [1, 2, 3] and not report.removed  # the system prompt is shared by design
+
+
 def test_exact_duplicates_ignore_case_spacing_and_punctuation():
     rows = [example("Reset my password", "Use the link.", 1), example("reset  my password!", "use the link", 2),
             example("Reset my password", "Use the other link.", 3)]

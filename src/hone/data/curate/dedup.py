@@ -2,7 +2,7 @@
 
 The first example of a group is kept; later ones are removed and listed with the one they repeat, so
 the report can show each cluster. Near duplicates: Jaccard similarity of word n-gram shingles of the
-case-folded words (punctuation dropped). Candidates come from MinHash locality-sensitive hashing
+case-folded words (punctuation dropped) of the non-system turns. Candidates come from MinHash locality-sensitive hashing
 (datasketch), so the cost grows with the number of examples, not with its square; each candidate's
 similarity is then computed exactly, since the MinHash estimate has a standard error of ~0.035 there.
 """
@@ -30,6 +30,12 @@ _WORD = re.compile(r"\w+")
 def normalised_text(example: Example) -> str:
     """Roles and contents, case-folded, with punctuation-insensitive single spacing."""
     return "\n".join(f"{m['role']}: {' '.join(_WORD.findall(m['content'].casefold()))}" for m in example.messages)
+
+
+def compared_text(example: Example) -> str:
+    """What near-duplicate detection compares: the conversation without its system turns, which examples share by
+    design (a long shared system prompt would make every short example a near duplicate of every other)."""
+    return "\n".join(m["content"] for m in example.messages if m["role"] != "system")
 
 
 def _text_key(example: Example) -> bytes:
@@ -116,7 +122,7 @@ def near_dedup(examples: list[Example], threshold: float = 0.8, shingle_words: i
     kept = []
     progress = tqdm(examples, desc="near-duplicates", unit="ex", file=sys.stderr, disable=None)
     for index, example in enumerate(progress):
-        grams = shingles(example_text(example), shingle_words)
+        grams = shingles(compared_text(example), shingle_words)
         signature = signer.sign(grams)
         candidates = [c for c in lsh.query(signature)
                       if signatures[c].jaccard(signature) >= threshold - ESTIMATE_MARGIN]
@@ -139,7 +145,7 @@ def _best_match(examples: list[Example], candidates: list[int], grams: set[bytes
     """The most similar kept example among the LSH candidates whose exact similarity reaches the threshold."""
     best, best_similarity = None, 0.0
     for candidate in candidates:
-        similarity = jaccard(shingles(example_text(examples[candidate]), size), grams)
+        similarity = jaccard(shingles(compared_text(examples[candidate]), size), grams)
         if similarity >= threshold and (similarity > best_similarity or
                                         (similarity == best_similarity and candidate < best)):
             best, best_similarity = candidate, similarity
@@ -157,7 +163,7 @@ def dedup_against(examples: list[Example], existing: list[Example], threshold: f
     signer = _Signer(num_perm)
     signatures = {}
     for index, example in enumerate(existing):
-        signatures[index] = signer.sign(shingles(example_text(example), shingle_words))
+        signatures[index] = signer.sign(shingles(compared_text(example), shingle_words))
         lsh.insert(index, signatures[index], check_duplication=False)
     kept = []
     for example in examples:
@@ -165,7 +171,7 @@ def dedup_against(examples: list[Example], existing: list[Example], threshold: f
         if same is not None:
             report.remove(example, "duplicate_of_existing", f"the same text as {same.source}:{same.line}")
             continue
-        grams = shingles(example_text(example), shingle_words)
+        grams = shingles(compared_text(example), shingle_words)
         signature = signer.sign(grams)
         candidates = [c for c in lsh.query(signature)
                       if signatures[c].jaccard(signature) >= threshold - ESTIMATE_MARGIN]
