@@ -124,7 +124,7 @@ def test_cli_json_is_one_object_and_exit_code_follows_errors(tmp_path, tiny_mode
     payload = json.loads(result.stdout)
     assert payload["ok"] is False and payload["counts"]["errors"] == 10
     assert {"line": 6, "field": "messages[0].role", "severity": "error",
-            "message": 'unknown role "bot"; allowed roles: system, user, assistant'} in payload["problems"]
+            "message": 'unknown role "bot"; allowed roles: system, user, assistant, tool'} in payload["problems"]
 
     clean = clean_file(tmp_path / "clean.jsonl")
     result = CliRunner().invoke(app, [*args, str(clean)])

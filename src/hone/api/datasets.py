@@ -227,7 +227,7 @@ def _page(request: Request, examples: list[Example | PreferenceExample], offset:
         messages = (example.prompt + [example.chosen] if isinstance(example, PreferenceExample)
                     else example.messages)  # a preference pair is shown with its preferred reply
         try:
-            rendered = render_chat(tokenizer, messages)
+            rendered = render_chat(tokenizer, messages, getattr(example, "tools", None))
         except HoneError as error:
             raise RequestError(error.message, param="model", code="template_cannot_mask", hint=error.hint) from None
         segments = [Segment(text=text, trained=trained)

@@ -1,9 +1,10 @@
 """Read a dataset file in any supported format into one canonical chat form, reporting every bad line.
 
-JSONL formats (one JSON object per line): OpenAI chat, OpenAI DPO, prompt/completion, alpaca and
-sharegpt. The format is detected from the first line whose keys match one; a line of another format is
-an error. A `.csv` file is read through a column map onto prompt/completion or alpaca fields.
-A broken line never stops reading: it becomes a `Problem` naming its line and field, and is not used.
+JSONL formats (one JSON object per line): OpenAI chat (with function calling: `tools`, assistant `tool_calls`
+and `tool` messages), OpenAI DPO, prompt/completion, alpaca and sharegpt. The format is detected from the first
+line whose keys match one; a line of another format is an error. A `.csv` file is read through a column map onto
+prompt/completion or alpaca fields. A broken line never stops reading: it becomes a `Problem` naming its line and
+field, and is not used.
 """
 
 from __future__ import annotations
@@ -11,16 +12,23 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shlex
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jsonschema.exceptions import SchemaError, ValidationError
+from jsonschema.validators import validator_for
+
 from hone.errors import HoneError
 
-CHAT_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
-SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant", **CHAT_ROLES}
+PLAIN_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
+CHAT_ROLES = {**PLAIN_ROLES, "tool": "tool"}
+SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant", **PLAIN_ROLES}
+FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what OpenAI accepts as a function name
+FUNCTION_KEYS = ("name", "description", "parameters", "strict")
 CSV_FIELDS = ("prompt", "completion", "system", "instruction", "input", "output")
 # Which CSV fields make which record shape: (required, optional).
 CSV_SHAPES = {
@@ -51,13 +59,17 @@ class Problem:
 
 @dataclass
 class Example:
-    """One conversation in canonical chat form: dicts with role, content and (assistant only) weight."""
+    """One conversation in canonical chat form: dicts with role and content (a string, "" for an assistant turn
+    that only calls tools), plus `weight` (assistant), `tool_calls` (assistant, OpenAI form with `arguments` a
+    JSON string) and `tool_call_id` (tool)."""
 
     messages: list[dict]
     source: str
     line: int
     format: str
     lineage: dict | None = None  # a distilled row's `metadata.distill` (teacher, template, filters), kept as is
+    tools: list[dict] | None = None  # the functions the conversation may call, OpenAI form
+    parallel_tool_calls: bool | None = None  # None when the file does not say
 
 
 @dataclass
@@ -185,8 +197,12 @@ def _typed(record: dict, key: str, kind: type, path: str, line: _Line) -> Any:
 
 
 def _message(item: Any, path: str, line: _Line, roles: dict[str, str], keys: tuple[str, str],
-             weight_allowed: bool = True) -> dict | None:
-    """One message in canonical form, from a dict with a role key and a content key."""
+             weight_allowed: bool = True, functions: dict[str, Any] | None = None) -> dict | None:
+    """One message in canonical form, from a dict with a role key and a content key.
+
+    `functions` (OpenAI chat only: name -> parameters validator, or None when its definition is broken) turns
+    on the tool keys: assistant `tool_calls`, whose calls it checks, and tool `tool_call_id`.
+    """
     role_key, content_key = keys
     if not isinstance(item, dict):
         line.error(path, f"must be an object with '{role_key}' and '{content_key}', got {_kind(item)}")
@@ -198,8 +214,23 @@ def _message(item: Any, path: str, line: _Line, roles: dict[str, str], keys: tup
         line.error(where, f"unknown role {_shown(item[role_key])}; allowed roles: {allowed}")
     else:
         role = roles[item[role_key]]
-    content = _text(item, content_key, path, line)
-    message = {"role": role, "content": content}
+    tool_keys = functions is not None
+    has_calls = tool_keys and item.get("tool_calls") is not None
+    if role == "tool" and not (isinstance(item.get(content_key), str) and item[content_key].strip()):
+        line.error(_join(path, content_key), "a tool message needs content: the result the tool returned (write "
+                   'e.g. "{}" or "no results" when it returned nothing)')
+        content = ""  # kept, so that the call it answers is not reported as unanswered too
+    else:
+        # An assistant turn that calls tools may leave its content null or out (OpenAI does).
+        content = _text(item, content_key, path, line, required=not has_calls)
+    message = {"role": role, "content": (content or "") if has_calls else content}
+    if has_calls:
+        message["tool_calls"] = _calls_of(item["tool_calls"], _join(path, "tool_calls"), line, role, functions)
+    if tool_keys and role == "tool":
+        message["tool_call_id"] = _call_id(item, path, line)
+    elif tool_keys and "tool_call_id" in item:
+        line.error(_join(path, "tool_call_id"), "tool_call_id is only allowed on tool messages (the answer to a "
+                   "call); remove it")
     if "weight" in item and weight_allowed:
         if role != "assistant":
             line.error(_join(path, "weight"), "weight is only allowed on assistant messages")
@@ -207,21 +238,249 @@ def _message(item: Any, path: str, line: _Line, roles: dict[str, str], keys: tup
             line.error(_join(path, "weight"), f"must be 0 or 1, got {_shown(item['weight'])}")
         else:
             message["weight"] = item["weight"]
-    known = {role_key, content_key} | ({"weight"} if weight_allowed else set())
+    known = ({role_key, content_key} | ({"weight"} if weight_allowed else set())
+             | ({"tool_calls", "tool_call_id"} if tool_keys else set()))
     for key in sorted(item.keys() - known):
         line.warn(_join(path, key), f"unknown key '{key}' is ignored; a message has "
                   f"{', '.join(sorted(known))}")
-    return message if role and content is not None else None
+    usable = role and message["content"] is not None and message.get("tool_call_id", "") is not None
+    return message if usable else None
+
+
+def _call_id(item: dict, path: str, line: _Line) -> str | None:
+    """A tool message's `tool_call_id`: the id of the call it answers."""
+    if "tool_call_id" not in item:
+        line.error(_join(path, "tool_call_id"), "missing key 'tool_call_id'; a tool message must name the id of "
+                   "the assistant's call it answers")
+        return None
+    return _text(item, "tool_call_id", path, line)
+
+
+def _calls_of(value: Any, path: str, line: _Line, role: str | None, functions: dict[str, Any]) -> list[dict]:
+    """An assistant message's `tool_calls` in canonical form. A broken call is reported (so the line is not used)
+    and kept when its id can be read, so that the tool message answering it is not reported as well."""
+    if role != "assistant":
+        line.error(path, "tool_calls is only allowed on assistant messages; move the calls to an assistant turn")
+        return []
+    if not isinstance(value, list):
+        line.error(path, f"must be an array of calls, got {_kind(value)}")
+        return []
+    if not value:
+        line.error(path, "is empty; remove it or add the calls the assistant makes")
+    calls = [_call(call, f"{path}[{i}]", line, functions) for i, call in enumerate(value)]
+    return [c for c in calls if c is not None]
+
+
+def _call(call: Any, path: str, line: _Line, functions: dict[str, Any]) -> dict | None:
+    """One tool call {"id", "type": "function", "function": {"name", "arguments"}}, checked against the tools;
+    None when its id cannot be read."""
+    if not isinstance(call, dict):
+        line.error(path, f'must be an object with "id", "type" and "function", got {_kind(call)}')
+        return None
+    call_id = _text(call, "id", path, line)
+    _function_type(call, path, line)
+    function = _typed(call, "function", dict, path, line)
+    if function is None:
+        return None if call_id is None else {"id": call_id, "type": "function", "function": {}}
+    where = _join(path, "function")
+    name = _text(function, "name", where, line)
+    arguments = _arguments(function, where, line)
+    for key in sorted(call.keys() - {"id", "type", "function"}):
+        line.warn(_join(path, key), f"unknown key '{key}' is ignored; a call has function, id, type")
+    for key in sorted(function.keys() - {"name", "arguments"}):
+        line.warn(_join(where, key), f"unknown key '{key}' is ignored; a call's function has arguments, name")
+    if name is not None and name not in functions:
+        defined = ", ".join(functions)
+        line.error(_join(where, "name"), f"unknown function {name!r}; the tools define: {defined}" if defined else
+                   f'unknown function {name!r}: the conversation has no "tools" list; add one that defines it')
+    elif name is not None and arguments is not None and functions[name] is not None:
+        errors = functions[name].iter_errors(arguments)
+        for error in sorted(errors, key=lambda e: [str(part) for part in e.absolute_path]):
+            line.error(_join(where, "arguments"), _argument_problem(name, error))
+    if call_id is None:
+        return None
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": function.get("arguments")}}
+
+
+def _function_type(record: dict, path: str, line: _Line) -> None:
+    """Reports a tool's or a call's `type` unless it is "function" (the only kind of tool OpenAI trains)."""
+    if record.get("type") != "function":
+        found = f"got {_shown(record['type'])}" if "type" in record else "it is missing"
+        line.error(_join(path, "type"), f'must be "function", {found}; set "type": "function"')
+
+
+def _arguments(function: dict, path: str, line: _Line) -> dict | None:
+    """A call's `arguments`: a JSON string encoding an object, decoded."""
+    where = _join(path, "arguments")
+    if "arguments" not in function:
+        line.error(where, "missing key 'arguments'; give the call's arguments as a JSON string such as "
+                   '"{}" when it takes none')
+        return None
+    value = function["arguments"]
+    if not isinstance(value, str):
+        line.error(where, f"must be a string holding JSON (as OpenAI writes it), got {_kind(value)}; encode the "
+                   "arguments object as a string, e.g. with json.dumps")
+        return None
+    try:
+        decoded = json.loads(value)
+    except (ValueError, RecursionError) as error:
+        detail = f"{error.msg} at column {error.colno}" if isinstance(error, json.JSONDecodeError) else "unreadable"
+        line.error(where, f"is not valid JSON ({detail}); write the arguments as a JSON object in a string")
+        return None
+    if not isinstance(decoded, dict):
+        line.error(where, f"must encode a JSON object of named arguments, got {_kind(decoded)}")
+        return None
+    return decoded
+
+
+def _argument_problem(name: str, error: ValidationError) -> str:
+    """What is wrong with one argument, in words that name it and the function."""
+    argument = ".".join(str(part) for part in error.absolute_path)
+    what = f"argument '{argument}': {error.message}" if argument else error.message
+    return (f"does not match the parameters of function {name!r}: {_printable(what)}; fix the arguments (or the "
+            "function's parameters schema in tools)")
+
+
+def _tools(record: dict, line: _Line) -> tuple[list[dict] | None, dict[str, Any]]:
+    """The top-level `tools` in canonical form and, per function name, a validator for its arguments (None when
+    the definition is broken, so its calls are not checked against it)."""
+    if record.get("tools") is None:
+        return None, {}
+    value = record["tools"]
+    if not isinstance(value, list):
+        line.error("tools", f"must be an array of tools, got {_kind(value)}")
+        return None, {}
+    tools, functions, first = [], {}, {}
+    for i, tool in enumerate(value):
+        path = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            line.error(path, f'must be an object with "type": "function" and "function", got {_kind(tool)}')
+            continue
+        _function_type(tool, path, line)
+        function = _typed(tool, "function", dict, path, line)
+        if function is None:
+            continue
+        where = _join(path, "function")
+        name = _text(function, "name", where, line)
+        if name is None:
+            continue
+        if not FUNCTION_NAME.fullmatch(name):
+            line.error(_join(where, "name"), f"{_shown(name)} is not a function name: use 1 to 64 letters, digits, "
+                       "underscores or dashes")
+        if name in first:
+            line.error(_join(where, "name"), f"function {name!r} is defined twice ({first[name]} and {path}); keep "
+                       "one definition")
+            continue
+        first[name] = path
+        _text(function, "description", where, line, required=False)
+        if "strict" in function and not isinstance(function["strict"], bool):
+            line.error(_join(where, "strict"), f"must be true or false, got {_shown(function['strict'])}")
+        for key in sorted(function.keys() - set(FUNCTION_KEYS)):
+            line.warn(_join(where, key), f"unknown key '{key}' is ignored; a function has {', '.join(FUNCTION_KEYS)}")
+        functions[name] = _parameters(function, where, line)
+        tools.append({"type": "function",
+                      "function": {key: function[key] for key in FUNCTION_KEYS if function.get(key) is not None}})
+    return tools or None, functions
+
+
+def _parameters(function: dict, path: str, line: _Line) -> Any:
+    """A validator for the function's `parameters` JSON Schema (none given: no arguments); None when broken."""
+    where = _join(path, "parameters")
+    schema = function.get("parameters")
+    if schema is None:
+        schema = {"type": "object", "properties": {}, "additionalProperties": False}  # OpenAI: takes no arguments
+    elif not isinstance(schema, dict) or schema.get("type") != "object":
+        found = f'"type" is {_shown(schema.get("type"))}' if isinstance(schema, dict) else f"got {_kind(schema)}"
+        line.error(where, f'must be a JSON Schema of an object ({{"type": "object", "properties": {{...}}}}), '
+                   f"{found}; a function's arguments are named")
+        return None
+    try:
+        cls = validator_for(schema)
+        cls.check_schema(schema)
+    except SchemaError as error:
+        at = "/".join(str(part) for part in error.absolute_path)
+        line.error(where, f"is not a valid JSON Schema: {_printable(error.message)}" + (f" (at {at})" if at else "")
+                   + "; fix the schema")
+        return None
+    return cls(schema)
+
+
+def _parallel(record: dict, line: _Line) -> bool | None:
+    """The optional top-level `parallel_tool_calls` flag."""
+    value = record.get("parallel_tool_calls")
+    if value is not None and not isinstance(value, bool):
+        line.error("parallel_tool_calls", f"must be true or false, got {_shown(value)}")
+        return None
+    return value
+
+
+def _indexed_messages(items: list, path: str, line: _Line, roles: dict[str, str],
+                      keys: tuple[str, str] = ("role", "content"), weight_allowed: bool = True,
+                      functions: dict[str, Any] | None = None) -> list[tuple[int, dict]]:
+    """Every usable message of a list with its index; reports an empty list and each broken message."""
+    if not items:
+        line.error(path, "is empty; add the messages of the conversation")
+    converted = [(i, _message(item, f"{path}[{i}]", line, roles, keys, weight_allowed, functions))
+                 for i, item in enumerate(items)]
+    return [(i, m) for i, m in converted if m is not None]
 
 
 def _messages(items: list, path: str, line: _Line, roles: dict[str, str],
               keys: tuple[str, str] = ("role", "content"), weight_allowed: bool = True) -> list[dict]:
     """Every message of a list, in canonical form; reports an empty list and each broken message."""
-    if not items:
-        line.error(path, "is empty; add the messages of the conversation")
-    converted = [_message(item, f"{path}[{i}]", line, roles, keys, weight_allowed)
-                 for i, item in enumerate(items)]
-    return [m for m in converted if m is not None]
+    return [m for _, m in _indexed_messages(items, path, line, roles, keys, weight_allowed)]
+
+
+def _check_tool_flow(messages: list[tuple[int, dict]], parallel: bool | None, line: _Line) -> None:
+    """Every call has its own id and is answered by a tool message before the conversation moves on (OpenAI
+    requires it), only the final assistant turn may leave its calls for the application to run, and a turn
+    makes several calls only when `parallel_tool_calls` allows it."""
+    made: dict[str, str] = {}  # call id -> where the call is
+    answered: dict[str, int] = {}  # call id -> index of the tool message that answered it
+    waiting: dict[str, str] = {}  # calls of the latest assistant turn not answered yet
+    duplicated: set[str] = set()  # reported at the call, so not again at its answers
+
+    def unanswered() -> None:
+        for call_id, where in waiting.items():
+            line.error(where, f"call {call_id!r} is never answered; add a tool message with \"tool_call_id\": "
+                       f"{json.dumps(call_id)} right after the assistant turn that makes it (OpenAI requires every "
+                       "call answered before the conversation goes on)")
+        waiting.clear()
+
+    for index, message in messages:
+        if message["role"] == "tool":
+            call_id = message["tool_call_id"]
+            where = f"messages[{index}].tool_call_id"
+            if call_id in waiting:
+                answered[call_id] = index
+                del waiting[call_id]
+            elif call_id in duplicated:
+                continue
+            elif call_id in answered:
+                line.error(where, f"call {call_id!r} was already answered by messages[{answered[call_id]}]; "
+                           "remove one of the answers")
+            elif call_id not in made:
+                pending = ", ".join(repr(c) for c in waiting)
+                line.error(where, f"{call_id!r} answers no call; " + (
+                    f"the calls waiting for an answer are {pending}" if pending else
+                    "no assistant turn just before it makes a call with that id") + "; fix the id")
+            continue  # a late answer: the call was already reported as never answered
+        unanswered()
+        calls = message.get("tool_calls", [])
+        if len(calls) > 1 and parallel is False:
+            line.error(f"messages[{index}].tool_calls", f"holds {len(calls)} calls but parallel_tool_calls is "
+                       "false; split them into one assistant turn per call (each followed by its answer) or "
+                       "set parallel_tool_calls to true")
+        for number, call in enumerate(calls):
+            where = f"messages[{index}].tool_calls[{number}].id"
+            if call["id"] in made:
+                line.error(where, f"duplicate call id {call['id']!r} (also {made[call['id']]}); give each call "
+                           "its own id")
+                duplicated.add(call["id"])
+                continue
+            made[call["id"]] = waiting[call["id"]] = where
+    if messages and messages[-1][1]["role"] != "assistant":
+        unanswered()  # only a final assistant turn may end on calls: the example teaches which call to make
 
 
 def _check_conversation(messages: list[dict], path: str, line: _Line, role_key: str = "role") -> None:
@@ -244,14 +503,19 @@ def _with_system(record: dict, line: _Line, turns: list[dict]) -> list[dict]:
     return ([{"role": "system", "content": system}] if system and system.strip() else []) + turns
 
 
-def _from_chat(record: dict, line: _Line) -> list[dict]:
-    """OpenAI chat: {"messages": [{"role", "content", "weight"?}, ...]}."""
+def _from_chat(record: dict, line: _Line) -> tuple[list[dict], list[dict] | None, bool | None]:
+    """OpenAI chat: {"messages": [{"role", "content", "weight"?, "tool_calls"?, "tool_call_id"?}, ...],
+    "tools"?: [...], "parallel_tool_calls"?: bool}; returns the messages, the tools and the parallel flag."""
+    tools, functions = _tools(record, line)
+    parallel = _parallel(record, line)
     items = _typed(record, "messages", list, "", line)
     if items is None:
-        return []
-    messages = _messages(items, "messages", line, CHAT_ROLES)
+        return [], tools, parallel
+    indexed = _indexed_messages(items, "messages", line, CHAT_ROLES, functions=functions)
+    _check_tool_flow(indexed, parallel, line)
+    messages = [m for _, m in indexed]
     _check_conversation(messages, "messages", line)
-    return messages
+    return messages, tools, parallel
 
 
 def _from_sharegpt(record: dict, line: _Line) -> list[dict]:
@@ -300,7 +564,7 @@ def _from_dpo(record: dict, line: _Line) -> tuple[list[dict], dict | None, dict 
     source = _typed(record, "input", dict, "", line)
     items = _typed(source, "messages", list, "input", line) if source is not None else None
     if items is not None:
-        prompt = _messages(items, "input.messages", line, CHAT_ROLES, weight_allowed=False)
+        prompt = _messages(items, "input.messages", line, PLAIN_ROLES, weight_allowed=False)
         if prompt and not line.failed and prompt[-1]["role"] != "user":
             line.error(f"input.messages[{len(prompt) - 1}].role",
                        "the prompt must end with the user message that both outputs answer")
@@ -313,7 +577,6 @@ def _from_dpo(record: dict, line: _Line) -> tuple[list[dict], dict | None, dict 
 
 
 CONVERTERS: dict[str, Callable[[dict, _Line], list[dict]]] = {
-    "chat": _from_chat,
     "prompt_completion": _from_prompt_completion,
     "alpaca": _from_alpaca,
     "sharegpt": _from_sharegpt,
@@ -368,6 +631,10 @@ def _example(fmt: str, record: dict, line: _Line, source: str) -> Example | Pref
     if fmt == "dpo":
         prompt, chosen, rejected = _from_dpo(record, line)
         return None if line.failed else PreferenceExample(prompt, chosen, rejected, source, line.number)
+    if fmt == "chat":
+        messages, tools, parallel = _from_chat(record, line)
+        return None if line.failed else Example(messages, source, line.number, fmt, _lineage(record), tools,
+                                                parallel)
     messages = CONVERTERS[fmt](record, line)
     return None if line.failed else Example(messages, source, line.number, fmt, _lineage(record))
 

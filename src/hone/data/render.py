@@ -3,13 +3,42 @@
 Only assistant turns (with weight 1) are trained. The trained character spans are found by rendering
 growing prefixes of the conversation; the full text is tokenized once and each token is trained when
 its characters fall inside a trained span, so BPE merges across turn boundaries cannot shift the mask.
+
+Tool calling (a conversation with `tools`, assistant `tool_calls` and `tool` messages): when the model's
+chat template renders tools itself (it mentions `tools` and a test conversation comes out with the tool list,
+the call and the result in it), it gets them as transformers passes them (`apply_chat_template(...,
+tools=...)`, call arguments as objects). Otherwise hone folds them into plain turns in the Hermes / Qwen2.5
+format, which `tool_system_prompt`, `render_tool_call` and `render_tool_response` define for every stage:
+
+    system     the system text, a blank line, then `tool_system_prompt(tools)`: instructions and one JSON
+               line per tool inside <tools></tools> (a system turn of its own when the conversation has none)
+    assistant  its text (if any), then per call `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`,
+               one per line
+    tool       consecutive tool results become one user turn, each `<tool_response>\\n...\\n</tool_response>`
+
+Either way the assistant's calls and answers are trained; the tool list and the tool results are not.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from hone.errors import HoneError
+
+TOOLS_HEADER = "# Tools"
+# A conversation the template must render with its tool list, call and result for hone to use its tool support.
+PROBE_TOOLS = [{"type": "function", "function": {
+    "name": "hone_probe_function", "description": "probe",
+    "parameters": {"type": "object", "properties": {"probe": {"type": "string"}}}}}]
+PROBE_MESSAGES = [
+    {"role": "user", "content": "probe"},
+    {"role": "assistant", "content": "", "tool_calls": [{"id": "call_probe", "type": "function", "function": {
+        "name": "hone_probe_function", "arguments": {"probe": "hone_probe_argument"}}}]},
+    {"role": "tool", "tool_call_id": "call_probe", "content": "hone_probe_result"},
+    {"role": "assistant", "content": "done"},
+]
+_native_tools: dict[str, bool] = {}  # chat template source -> whether it renders tools (probing costs a render)
 
 
 @dataclass
@@ -28,20 +57,125 @@ class RenderedExample:
         return len(self.input_ids)
 
 
-def _template(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
-    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-    return tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=add_generation_prompt)
+def tool_system_prompt(tools: list[dict]) -> str:
+    """The system text that lists `tools` (OpenAI form) and says how to call them, in hone's default format."""
+    listed = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools)
+    return (f"{TOOLS_HEADER}\n\nYou may call one or more functions to assist with the user query.\n\n"
+            "You are provided with function signatures within <tools></tools> XML tags:\n"
+            f"<tools>\n{listed}\n</tools>\n\n"
+            "For each function call, return a json object with function name and arguments within "
+            "<tool_call></tool_call> XML tags:\n<tool_call>\n"
+            '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
 
 
-def trained_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+def render_tool_call(call: dict) -> str:
+    """One OpenAI tool call (`arguments` a JSON string or an object) as the assistant writes it by default."""
+    body = json.dumps({"name": call["function"]["name"], "arguments": _arguments(call)}, ensure_ascii=False)
+    return f"<tool_call>\n{body}\n</tool_call>"
+
+
+def _arguments(call: dict) -> dict:
+    """A call's arguments as an object: OpenAI sends them as a JSON string."""
+    arguments = call["function"]["arguments"]
+    return json.loads(arguments) if isinstance(arguments, str) else arguments
+
+
+def render_tool_response(content: str) -> str:
+    """One tool result as the model reads it by default (inside a user turn)."""
+    return f"<tool_response>\n{content}\n</tool_response>"
+
+
+def uses_tools(messages: list[dict], tools: list[dict] | None) -> bool:
+    """True when the conversation has a tool list, a call or a tool result."""
+    return bool(tools) or any(m["role"] == "tool" or m.get("tool_calls") for m in messages)
+
+
+def _template_source(tokenizer) -> str:
+    template = tokenizer.chat_template
+    return "\n".join(template.values()) if isinstance(template, dict) else template or ""
+
+
+def supports_tools(tokenizer) -> bool:
+    """Whether the model's chat template renders a tool list, calls and tool results itself."""
+    source = _template_source(tokenizer)
+    if "tools" not in source:
+        return False
+    if source not in _native_tools:
+        try:
+            text = tokenizer.apply_chat_template(PROBE_MESSAGES, tools=PROBE_TOOLS, tokenize=False)
+        except Exception:  # a template that fails on tools, whatever it raises, has no usable tool support
+            text = ""
+        shown = ("hone_probe_argument", "hone_probe_result", "done")
+        # The function's name shows twice: in the tool list and in the call.
+        _native_tools[source] = text.count("hone_probe_function") >= 2 and all(s in text for s in shown)
+    return _native_tools[source]
+
+
+def _native_message(message: dict) -> dict:
+    """A canonical message as tool-aware templates expect it: call arguments as objects, no weight."""
+    shown = {key: value for key, value in message.items() if key != "weight"}
+    if message.get("tool_calls"):
+        shown["tool_calls"] = [{**call, "function": {**call["function"], "arguments": _arguments(call)}}
+                               for call in message["tool_calls"]]
+    return shown
+
+
+def default_tool_turns(messages: list[dict], tools: list[dict] | None) -> list[dict]:
+    """The conversation as plain role/content turns in hone's default tool format (see the module docstring);
+    assistant turns keep their weight."""
+    turns: list[dict] = []
+    rest = messages
+    if tools:
+        prompt = tool_system_prompt(tools)
+        if messages and messages[0]["role"] == "system":
+            prompt, rest = f"{messages[0]['content']}\n\n{prompt}", messages[1:]
+        turns.append({"role": "system", "content": prompt})
+    previous = None
+    for message in rest:
+        if message["role"] == "tool" and previous == "tool":
+            turns[-1]["content"] += f"\n{render_tool_response(message['content'])}"  # one turn for a round's results
+        elif message["role"] == "tool":
+            turns.append({"role": "user", "content": render_tool_response(message["content"])})
+        elif message.get("tool_calls"):
+            parts = [message["content"]] if message["content"] else []
+            content = "\n".join(parts + [render_tool_call(call) for call in message["tool_calls"]])
+            turns.append({**_plain(message), "content": content})
+        else:
+            turns.append(_plain(message))
+        previous = message["role"]
+    return turns
+
+
+def _plain(message: dict) -> dict:
+    return {key: message[key] for key in ("role", "content", "weight") if key in message}
+
+
+def _conversation(tokenizer, messages: list[dict], tools: list[dict] | None) -> tuple[list[dict], list | None]:
+    """The turns (with weights) and the tools to hand the chat template."""
+    if not uses_tools(messages, tools):
+        return [_plain(m) for m in messages], None
+    if supports_tools(tokenizer):
+        return [{**_native_message(m), **({"weight": m["weight"]} if "weight" in m else {})} for m in messages], tools
+    return default_tool_turns(messages, tools), None
+
+
+def _template(tokenizer, turns: list[dict], tools: list[dict] | None, add_generation_prompt: bool) -> str:
+    shown = [{key: value for key, value in turn.items() if key != "weight"} for turn in turns]
+    return tokenizer.apply_chat_template(shown, tools=tools, tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+
+
+def trained_spans(tokenizer, messages: list[dict],
+                  tools: list[dict] | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the character spans of every trained assistant turn (through its end token)."""
-    text = _template(tokenizer, messages, add_generation_prompt=False)
+    turns, tools = _conversation(tokenizer, messages, tools)
+    text = _template(tokenizer, turns, tools, add_generation_prompt=False)
     spans = []
-    for index, message in enumerate(messages):
-        if message["role"] != "assistant" or message.get("weight", 1) == 0:
+    for index, turn in enumerate(turns):
+        if turn["role"] != "assistant" or turn.get("weight", 1) == 0:
             continue
-        before = _template(tokenizer, messages[:index], add_generation_prompt=True) if index else ""
-        through = _template(tokenizer, messages[: index + 1], add_generation_prompt=False)
+        before = _template(tokenizer, turns[:index], tools, add_generation_prompt=True) if index else ""
+        through = _template(tokenizer, turns[: index + 1], tools, add_generation_prompt=False)
         if not text.startswith(through) or not through.startswith(before):
             raise HoneError(
                 "the model's chat template does not render conversations incrementally, so the assistant "
@@ -53,9 +187,10 @@ def trained_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int,
     return text, spans
 
 
-def render_chat(tokenizer, messages: list[dict]) -> RenderedExample:
-    """Tokenize `messages` with the chat template; `trained[i]` says whether token i is a target."""
-    text, spans = trained_spans(tokenizer, messages)
+def render_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> RenderedExample:
+    """Tokenize `messages` (with the conversation's `tools`, if any) with the chat template; `trained[i]` says
+    whether token i is a target."""
+    text, spans = trained_spans(tokenizer, messages, tools)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     trained = []
     for start, end in encoded["offset_mapping"]:
@@ -63,13 +198,15 @@ def render_chat(tokenizer, messages: list[dict]) -> RenderedExample:
     return RenderedExample(input_ids=list(encoded["input_ids"]), trained=trained, text=text)
 
 
-def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
+def render_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
     """Token ids of the conversation so far followed by the assistant header, ready for generation."""
-    text = _template(tokenizer, messages, add_generation_prompt=True)
+    turns, tools = _conversation(tokenizer, messages, tools)
+    text = _template(tokenizer, turns, tools, add_generation_prompt=True)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def count_tokens(tokenizer, messages: list[dict]) -> int:
+def count_tokens(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> int:
     """Number of tokens of the full conversation once the chat template is applied."""
-    text = _template(tokenizer, messages, add_generation_prompt=False)
+    turns, tools = _conversation(tokenizer, messages, tools)
+    text = _template(tokenizer, turns, tools, add_generation_prompt=False)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -1,8 +1,9 @@
 """Check a dataset file before training: format problems, duplicates, token lengths and statistics.
 
 Covers the OpenAI fine-tuning data checks (format errors, missing keys, unrecognised roles, missing
-content, no assistant message, too few examples, examples over the token limit) and adds exact
-duplicates and token counts under the target model's own chat template.
+content, no assistant message, too few examples, examples over the token limit, and for function calling:
+malformed tools, calls to undefined functions, arguments that break the function's JSON Schema, calls never
+answered) and adds exact duplicates and token counts under the target model's own chat template.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class _Sequence:
 def _sequences(tokenizer, example: Example | PreferenceExample) -> list[_Sequence]:
     """A conversation is one sequence; a preference pair is prompt+chosen and prompt+rejected."""
     if isinstance(example, Example):
-        rendered = render_chat(tokenizer, example.messages)
+        rendered = render_chat(tokenizer, example.messages, example.tools)
         return [_Sequence("", len(rendered), rendered.num_trained)]
     sequences = []
     for field, reply in (("preferred_output", example.chosen), ("non_preferred_output", example.rejected)):
@@ -81,8 +82,8 @@ def _too_long(example: Example | PreferenceExample, sequence: _Sequence, max_len
 
 
 def _fingerprint(example: Example | PreferenceExample) -> str:
-    content = example.messages if isinstance(example, Example) else [example.prompt, example.chosen,
-                                                                     example.rejected]
+    content = ([example.messages, example.tools] if isinstance(example, Example)
+               else [example.prompt, example.chosen, example.rejected])
     return json.dumps(content, sort_keys=True, ensure_ascii=False)
 
 
@@ -152,6 +153,8 @@ def validate_file(path: str | Path, model: str | None = None, max_length: int = 
         "too_long": sum(1 for length in lengths if length > max_length),
         "without_system": sum(1 for e in dataset.examples if "system" not in _prompt_roles(e)),
         "without_user": sum(1 for e in dataset.examples if "user" not in _prompt_roles(e)),
+        "tool_calls": sum(len(m.get("tool_calls", [])) for e in dataset.examples if isinstance(e, Example)
+                          for m in e.messages),
         "total_tokens": total,
         "trained_tokens": trained,
         **_length_stats(lengths),

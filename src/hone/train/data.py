@@ -80,7 +80,7 @@ def _rendered(tokenizer, path: Path, preferences: bool) -> list:
         from hone.train.dpo import render_pair
 
         return [render_pair(tokenizer, pair) for pair in load_preference_examples(path)]
-    return [render_chat(tokenizer, example.messages) for example in load_chat_examples(path)]
+    return [render_chat(tokenizer, example.messages, example.tools) for example in load_chat_examples(path)]
 
 
 def _sequences(item) -> list[RenderedExample]:

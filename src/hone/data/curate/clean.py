@@ -73,7 +73,8 @@ class _Cleaner:
         messages = []
         for message in example.messages:
             content = self.text(message["content"])
-            if not content.strip() and self.settings.drop_empty_turns:
+            # A turn that only calls tools has no text but is not empty.
+            if not content.strip() and not message.get("tool_calls") and self.settings.drop_empty_turns:
                 self.report.count("empty_turns_dropped")
                 continue
             messages.append({**message, "content": content})

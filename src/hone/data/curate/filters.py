@@ -63,7 +63,7 @@ def _length_problem(example: Example, settings: QualitySettings) -> tuple[str, s
     for index, message in enumerate(example.messages):
         role, size = message["role"], len(message["content"])
         low, high = settings.min_chars.get(role), settings.max_chars.get(role)
-        if low is not None and size < low:
+        if low is not None and size < low and not message.get("tool_calls"):  # its calls are its text
             return "too_short", f"messages[{index}] ({role}) has {size} characters, min_chars.{role} is {low}"
         if high is not None and size > high:
             return "too_long", f"messages[{index}] ({role}) has {size:,} characters, max_chars.{role} is {high:,}"

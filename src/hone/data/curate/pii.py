@@ -489,7 +489,11 @@ def scrub_examples(examples: list[Example], settings: PiiSettings) -> tuple[list
             findings = scrubber.find(message["content"])
             found.extend(f.entity_type for f in findings)
             text = scrubber.replace(message["content"], findings) if findings and settings.mode != "drop" else None
-            messages.append({**message, "content": text} if text is not None else message)
+            message = {**message, "content": text} if text is not None else message
+            if message.get("tool_calls"):
+                message = {**message, "tool_calls": _scrubbed_calls(message["tool_calls"], scrubber, settings,
+                                                                    found)}
+            messages.append(message)
         for kind in found:
             report.count(kind)
         if found:
@@ -500,6 +504,37 @@ def scrub_examples(examples: list[Example], settings: PiiSettings) -> tuple[list
         kept.append(replace(example, messages=messages))
     report.count("kept", len(kept))
     return kept, report
+
+
+def _scrubbed_value(value, scrubber: Scrubber, settings: PiiSettings, found: list[str]):
+    """A parsed JSON value with PII masked in every string inside it (keys are the schema's, left alone)."""
+    if isinstance(value, str):
+        findings = scrubber.find(value)
+        found.extend(f.entity_type for f in findings)
+        return scrubber.replace(value, findings) if findings and settings.mode != "drop" else value
+    if isinstance(value, list):
+        return [_scrubbed_value(item, scrubber, settings, found) for item in value]
+    if isinstance(value, dict):
+        return {key: _scrubbed_value(item, scrubber, settings, found) for key, item in value.items()}
+    return value
+
+
+def _scrubbed_calls(calls: list[dict], scrubber: Scrubber, settings: PiiSettings, found: list[str]) -> list[dict]:
+    """Tool calls with PII masked inside their arguments: each string value of the parsed arguments, so the
+    arguments stay valid JSON for the function's schema."""
+    scrubbed = []
+    for call in calls:
+        function = call.get("function") or {}
+        try:
+            arguments = json.loads(function.get("arguments", ""))
+        except (TypeError, ValueError):  # validation reports it; mask the raw text rather than skip it
+            arguments = None
+        if arguments is None:
+            text = _scrubbed_value(str(function.get("arguments", "")), scrubber, settings, found)
+        else:
+            text = json.dumps(_scrubbed_value(arguments, scrubber, settings, found), ensure_ascii=False)
+        scrubbed.append({**call, "function": {**function, "arguments": text}})
+    return scrubbed
 
 
 def mask_problems(problems: list[Problem], settings: PiiSettings) -> list[Problem]:

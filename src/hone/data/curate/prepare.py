@@ -165,8 +165,10 @@ def label_of(example: Example, stratify: str) -> str:
 
 
 def to_record(example: Example) -> dict:
-    """One output line: the canonical chat messages plus where the example came from."""
-    return {"messages": example.messages,
+    """One output line: the canonical chat messages (and tools) plus where the example came from."""
+    tools = {key: value for key, value in (("tools", example.tools),
+                                           ("parallel_tool_calls", example.parallel_tool_calls)) if value is not None}
+    return {"messages": example.messages, **tools,
             "metadata": {"source": example.source, "line": example.line, **(example.lineage or {})}}
 
 
