@@ -2,11 +2,13 @@
 
 Every training run goes in its own process (so peak RSS is its own). In order:
 1. the bf16 and fp32 matmul peaks of this machine, measured now, for model FLOPs utilisation (MFU);
-2. one epoch with hone (packing, chunked loss, bf16 frozen weights) and with TRL's SFTTrainer (fp32 without
-   and with gradient checkpointing, which SFTConfig turns on by default, and bf16 autocast); every adapter
-   is then scored by the same eval-loss code on the same held-out file;
-3. the ablation: hone with one speed switch flipped at a time (and all off), a few steps each;
-4. QLoRA and DPO tokens/s.
+2. one epoch with TRL's SFTTrainer each way (fp32 without and with gradient checkpointing, which SFTConfig
+   turns on by default, and bf16 autocast): the fastest is the anchor;
+3. three alternating pairs, one epoch each: hone (every speed switch on), the anchor, hone, the anchor, hone,
+   the anchor; the speed-up is the median of the three pairs' ratios, so one noisy run decides nothing. Every
+   adapter is scored by the same eval-loss code on the same held-out file;
+4. the ablation: hone with one speed switch flipped at a time (and all off), a few steps each;
+5. QLoRA and DPO tokens/s.
 Prints one JSON line.
 
     python bench/train_throughput.py [--train FILE] [--eval FILE] [--limit N] [--steps N]
@@ -33,18 +35,26 @@ SHARED = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear", 
 # same tokens as 8 padded examples: the same number of optimizer steps over the epoch.
 PACKED_BATCH = 2
 # precision auto: bf16 frozen weights where the CPU has native bf16 (AVX512-BF16/AMX), else fp32.
-HONE_BEST = {"packing": True, "chunked_loss": True, "precision": "auto", "compile": False}
+# Every speed switch of training (the documented training.* fields), each in the ablation below.
+HONE_BEST = {"packing": True, "chunked_loss": True, "precision": "auto", "compile": False,
+             "fused_lora_forward": True, "autocast_adapter_inputs": True, "keep_freed_memory": True}
+ALL_OFF = {"packing": False, "chunked_loss": False, "precision": "fp32", "fused_lora_forward": False,
+           "autocast_adapter_inputs": False, "keep_freed_memory": False}
 ABLATION = {
     "best": {},
     "packing_off": {"packing": False},
     "chunked_loss_off": {"chunked_loss": False},
     "bf16_off": {"precision": "fp32"},
+    "fused_lora_forward_off": {"fused_lora_forward": False},
+    "autocast_adapter_inputs_off": {"autocast_adapter_inputs": False},
+    "keep_freed_memory_off": {"keep_freed_memory": False},
     "compile_on": {"compile": True},
-    "all_off": {"packing": False, "chunked_loss": False, "precision": "fp32"},
+    "all_off": ALL_OFF,
 }
+PAIRS = 3  # alternating hone / anchor pairs; the speed-up is their median ratio
 # Without native bf16 the CPU emulates bf16 matmuls some 50x slower than fp32: those runs would take hours
 # and tell nothing, so they are reported as skipped, with both measured peaks.
-NEEDS_NATIVE_BF16 = {"bf16_off", "all_off", "trl_bf16"}
+NEEDS_NATIVE_BF16 = {"bf16_off", "all_off", "autocast_adapter_inputs_off", "trl_bf16"}
 WARMUP_STEPS = 3  # left out of the ablation's steady-state tokens/s (compilation happens there)
 
 
@@ -241,14 +251,23 @@ def run_child(spec: dict, train_file: Path, out: Path) -> dict:
     return result
 
 
-def comparison_specs(native_bf16: bool) -> list[dict]:
-    """One epoch each: hone at its best and TRL three ways."""
+def trl_specs(native_bf16: bool) -> list[dict]:
+    """One epoch each: TRL three ways, to find its fastest."""
     trl = [{"kind": "trl", "name": name, "gradient_checkpointing": checkpointing, "bf16": bf16}
            for name, checkpointing, bf16 in (("trl", False, False), ("trl_defaults", True, False),
                                              ("trl_bf16", False, True))]
-    if not native_bf16:
-        trl = [spec for spec in trl if spec["name"] not in NEEDS_NATIVE_BF16]
-    return [{"kind": "hone", "name": "hone", "settings": hone_settings({})}, *trl]
+    return trl if native_bf16 else [spec for spec in trl if spec["name"] not in NEEDS_NATIVE_BF16]
+
+
+def pair_specs(anchor: dict) -> list[dict]:
+    """hone at its best and the anchor, alternating, PAIRS times."""
+    return [spec for number in range(1, PAIRS + 1) for spec in (
+        {"kind": "hone", "name": f"hone_{number}", "settings": hone_settings({})},
+        {**anchor, "name": f"{anchor['name']}_{number}"})]
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def ablation_specs(steps: int, native_bf16: bool) -> list[dict]:
@@ -257,7 +276,8 @@ def ablation_specs(steps: int, native_bf16: bool) -> list[dict]:
     flips = dict(ABLATION)
     if not native_bf16:
         flips.pop("bf16_off")
-        flips["all_off"] = {"packing": False, "chunked_loss": False}
+        flips.pop("autocast_adapter_inputs_off")  # only bf16 compute casts the adapters' inputs
+        flips["all_off"] = {k: v for k, v in ALL_OFF.items() if k not in ("precision", "autocast_adapter_inputs")}
     specs = [{"kind": "hone", "name": f"ablation_{name}", "settings": hone_settings(switches), "max_steps": steps}
              for name, switches in flips.items()]
     # DPO scores each pair as two whole sequences, so it runs unpacked.
@@ -289,13 +309,16 @@ def main() -> None:
         native_bf16 = bf16_is_fast("cpu")
         peaks = measure_peaks()
         per_token = flops_per_token(train_file)
-        results = {spec["name"]: run_child(spec, train_file, out) for spec in comparison_specs(native_bf16)}
-        for result in results.values():
+        trl_runs = {spec["name"]: run_child(spec, train_file, out) for spec in trl_specs(native_bf16)}
+        anchor = max(trl_specs(native_bf16), key=lambda spec: trl_runs[spec["name"]]["tokens_per_s"])
+        pairs = {spec["name"]: run_child(spec, train_file, out) for spec in pair_specs(anchor)}
+        for result in [*trl_runs.values(), *pairs.values()]:
             result["eval_loss"] = round(adapter_eval_loss(result.pop("adapter"), args.eval), 4)
         runs = {spec["name"]: run_child(spec, train_file, out) for spec in ablation_specs(args.steps, native_bf16)}
-    hone = results["hone"]
-    anchor = max((kind for kind in results if kind.startswith("trl")), key=lambda kind: results[kind]["tokens_per_s"])
-    trl = results[anchor]
+    hone_runs = [pairs[f"hone_{n}"] for n in range(1, PAIRS + 1)]
+    anchor_runs = [pairs[f"{anchor['name']}_{n}"] for n in range(1, PAIRS + 1)]
+    ratios = [round(h["tokens_per_s"] / a["tokens_per_s"], 3) for h, a in zip(hone_runs, anchor_runs, strict=True)]
+    hone_tokens_per_s = median([h["tokens_per_s"] for h in hone_runs])
     ablation = {name.removeprefix("ablation_"): {"tokens_per_s": r["steady_tokens_per_s"],
                                                  "vs_best": round(r["steady_tokens_per_s"] /
                                                                   runs["ablation_best"]["steady_tokens_per_s"], 3),
@@ -307,11 +330,14 @@ def main() -> None:
         "compute_dtype": "bf16" if native_bf16 else "fp32",
         "skipped": [] if native_bf16 else sorted(NEEDS_NATIVE_BF16),
         "model_gflops_per_token": round(per_token / 1e9, 3),
-        **{name: {k: v for k, v in r.items() if k != "adapter"} for name, r in results.items()},
-        "anchor": anchor, "speedup": round(hone["tokens_per_s"] / trl["tokens_per_s"], 2),
-        "eval_loss_ratio": round(hone["eval_loss"] / trl["eval_loss"], 4),
+        "trl_ways": trl_runs, "anchor": anchor["name"], **pairs,
+        "speedup": median(ratios), "pair_ratios": ratios,
+        "eval_loss": {"hone": [h["eval_loss"] for h in hone_runs],
+                      anchor["name"]: [a["eval_loss"] for a in anchor_runs]},
+        "eval_loss_ratio": median([round(h["eval_loss"] / a["eval_loss"], 4)
+                                   for h, a in zip(hone_runs, anchor_runs, strict=True)]),
         # Against the peak of the dtype hone computes in here (the bf16 peak means nothing where it is emulated).
-        "mfu": round(hone["tokens_per_s"] * per_token / (peaks["bf16" if native_bf16 else "fp32"] * 1e9), 3),
+        "mfu": round(hone_tokens_per_s * per_token / (peaks["bf16" if native_bf16 else "fp32"] * 1e9), 3),
         "ablation": ablation,
         "qlora_tokens_per_s": runs["qlora"]["steady_tokens_per_s"], "qlora_peak_rss_mb": runs["qlora"]["peak_rss_mb"],
         "dpo_tokens_per_s": runs["dpo"]["steady_tokens_per_s"], "dpo_peak_rss_mb": runs["dpo"]["peak_rss_mb"],

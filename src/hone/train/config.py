@@ -69,6 +69,16 @@ class TrainingConfig(Section):
                                "chunks, so the full batch x sequence x vocabulary logits are never built.")
     compile: bool = Field(False, description="torch.compile the decoder: faster steps once compiled, but the first "
                           "steps (and each new sequence length) pay the compile time.")
+    fused_lora_forward: bool = Field(True, description="Plain LoRA layers add their update to the base output "
+                                     "inside one matmul (addmm, with the scaling folded into the small B), where "
+                                     "PEFT makes two more passes over each layer's output; same values.")
+    autocast_adapter_inputs: bool = Field(True, description="With bf16 compute, LoRA layers leave the cast of their "
+                                          "input to autocast, where PEFT first turns each bf16 input into float32 "
+                                          "only for autocast to turn it back.")
+    keep_freed_memory: bool = Field(True, description="glibc's malloc keeps the memory a step frees for the next "
+                                    "step (blocks up to 32 MB, heap never trimmed) instead of handing it back to "
+                                    "the system, whose fresh pages then fault in one by one. Set for the whole "
+                                    "training process; no effect with another C library.")
     eval_every: int | None = Field(None, ge=1, description="Eval loss every N optimizer steps (and at the end).")
     early_stopping_patience: int | None = Field(None, ge=1, description="Evals without improvement to stop.")
     save_every: int | None = Field(None, ge=1, description="Checkpoint every N optimizer steps (+ every epoch).")

@@ -79,20 +79,20 @@ def dpo_loss(policy: torch.Tensor, reference: torch.Tensor, beta: float) -> dict
             "rejected_reward": rejected.detach()}
 
 
-def summarise(terms: dict[str, torch.Tensor], sums: dict[str, float]) -> None:
-    """Add a micro-batch's per-pair figures to running sums (pairs, reward margin, accuracy, rewards)."""
+def summarise(terms: dict[str, torch.Tensor], sums: dict) -> None:
+    """Add a micro-batch's per-pair figures to running sums (pairs, reward margin, accuracy, rewards); the sums
+    stay on the device until `means` reads them, when they are logged."""
     margin = terms["chosen_reward"] - terms["rejected_reward"]
     sums["pairs"] += margin.numel()
-    sums["loss"] += float(terms["loss"].detach().sum())
-    sums["reward_margin"] += float(margin.sum())
-    sums["preference_accuracy"] += float((margin > 0).sum())
-    sums["chosen_reward"] += float(terms["chosen_reward"].sum())
-    sums["rejected_reward"] += float(terms["rejected_reward"].sum())
+    for name, values in (("loss", terms["loss"].detach()), ("reward_margin", margin),
+                         ("preference_accuracy", (margin > 0).float()), ("chosen_reward", terms["chosen_reward"]),
+                         ("rejected_reward", terms["rejected_reward"])):
+        sums[name] = values.float().sum() + sums[name]
 
 
-def means(sums: dict[str, float], prefix: str = "") -> dict[str, float]:
+def means(sums: dict, prefix: str = "") -> dict[str, float]:
     pairs = max(1.0, sums["pairs"])
-    return {f"{prefix}{name}": round(value / pairs, 6) for name, value in sums.items() if name != "pairs"}
+    return {f"{prefix}{name}": round(float(value) / pairs, 6) for name, value in sums.items() if name != "pairs"}
 
 
 def empty_sums() -> dict[str, float]:
@@ -132,9 +132,14 @@ class DPOTrainer(Trainer):
         summarise(terms, self.sums)
         return terms["loss"].sum()
 
+    def _targets_of(self, pair: PreferencePair) -> int:
+        """The loop normalises by pairs: each counts one."""
+        return 1
+
     def step_metrics(self) -> dict:
-        """Means over the pairs of the optimizer step just taken."""
-        figures = means(dict(zip(self.sums, self.dist.all_sum(*self.sums.values()), strict=True)))  # all ranks' pairs
+        """Means over the pairs trained since the last logged step."""
+        sums = self.dist.all_sum(*(float(value) for value in self.sums.values()))  # all ranks' pairs
+        figures = means(dict(zip(self.sums, sums, strict=True)))
         figures.pop("loss")  # logged as train_loss already
         self.sums = empty_sums()
         return figures

@@ -66,13 +66,15 @@ def eval_loss(base_model, examples, batch_size: int, pad_id: int, dist: Distribu
     dist = dist or Distributed()
     was_training = base_model.training
     base_model.eval()
-    total, count = 0.0, 0
+    losses, count = [], 0
     lengths = [len(e) for e in examples]
     for indices in epoch_batches(lengths, batch_size, seed=0, epoch=0):
         mine, weight = dist.shard(indices)
         if mine:
             loss, n = trained_token_loss(base_model, dist.to_device(collate([examples[i] for i in mine], pad_id)))
-            total, count = total + weight * float(loss), count + weight * n
+            losses.append(loss.float() * weight)
+            count += weight * n
+    total = float(torch.stack(losses).sum()) if losses else 0.0  # the one read of the device, after the last batch
     total, count = dist.all_sum(total, count)
     base_model.train(was_training)
     return total / max(1, count)
@@ -110,7 +112,8 @@ class Trainer:
         self.pad_id = pad_id
         self.show_progress = show_progress
         self.compute_dtype = compute_dtype(str(self.base.device), config.training.precision)
-        if self.compute_dtype is not None and config.method in {"lora", "qlora", "dpo"}:
+        if (self.compute_dtype is not None and config.method in {"lora", "qlora", "dpo"}
+                and config.training.autocast_adapter_inputs):
             self._autocast_adapter_inputs()
         # fp16's narrow range underflows small gradients: the loss is scaled up before backward, down before the
         # step (bf16 has float32's range and needs none)
@@ -123,6 +126,8 @@ class Trainer:
         # The units batches are drawn from: examples, or rows of packed examples.
         self.rows = pack_examples(self.lengths, config.data.max_length) if t.packing else None
         self.unit_lengths = [sum(self.lengths[i] for i in row) for row in self.rows] if t.packing else self.lengths
+        targets = [self._targets_of(e) for e in data.train]
+        self.unit_targets = [sum(targets[i] for i in row) for row in self.rows] if t.packing else targets
         self.total_steps, self.batches_per_epoch = total_optimizer_steps(config, len(self.unit_lengths))
         self.dist.check_batch_size(t.batch_size)
         params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -167,19 +172,23 @@ class Trainer:
             handle.write(json.dumps(record) + "\n")
         self.tracker.log_step({k: v for k, v in record.items() if k != "step"}, record["step"])
 
-    def _optimizer_step(self, group) -> tuple[float, int]:
-        """One optimizer step over a group of micro-batches; returns (mean loss per token, tokens)."""
+    def _optimizer_step(self, group) -> tuple[torch.Tensor, int]:
+        """One optimizer step over a group of micro-batches; returns (this rank's share of the mean loss per
+        target token, left on the device: `_train_loss` reads it when logged; the group's tokens)."""
         shares = [self.dist.shard(indices) for _, _, indices in group]  # this rank's part of each micro-batch
         batches = [(self.dist.to_device(self._collate(units)), weight) for units, weight in shares if units]
-        (targets,) = self.dist.all_sum(sum(b.num_trained * w for b, w in batches))  # the group's, on every rank
-        loss_sum, tokens = 0.0, 0
+        # The whole group's counts (every rank's share), from the host: no step waits on a device or a collective.
+        units = [unit for _, _, indices in group for unit in indices]
+        targets = sum(self.unit_targets[unit] for unit in units)
+        tokens = sum(self.unit_lengths[unit] for unit in units)
+        losses = []
         for batch, weight in batches:
             with self._autocast():
                 loss = self._loss(batch) * weight  # weight 0: a stand-in that keeps FSDP ranks in step
             self._scaled(loss / max(1, targets)).backward()  # every target token weighs the same across the group
-            loss_sum, tokens = loss_sum + float(loss.detach()), tokens + batch.num_tokens * weight
+            losses.append(loss.detach().float())
         self.dist.sum_gradients(self.model)
-        loss_sum, tokens = self.dist.all_sum(loss_sum, tokens)
+        loss_sum = torch.stack(losses).sum() if losses else torch.zeros(())
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)  # clipping and the step see the true gradients
         if self.config.training.max_grad_norm:
@@ -189,6 +198,14 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum / max(1, targets), tokens
+
+    def _train_loss(self, loss: torch.Tensor) -> float:
+        """The step's mean loss per target token over all ranks: the one place a step's loss leaves the device."""
+        return self.dist.all_sum(float(loss))[0]
+
+    def _targets_of(self, example) -> int:
+        """Target tokens of one training example: trained tokens with a token of the example before them."""
+        return sum(example.trained[1:])
 
     def _collate(self, units: list[int]):
         """The micro-batch of these units: padded examples, or packed rows."""
@@ -252,11 +269,15 @@ class Trainer:
             return None
         return lambda folder: self.model.save_pretrained(folder / "adapter")
 
+    def _eval_due(self, last: bool) -> bool:
+        """Whether the step just taken runs an eval: every eval_every steps and at the end, given an eval set."""
+        t = self.config.training
+        return bool(self.data.eval and (last or (t.eval_every and self.progress.global_step % t.eval_every == 0)))
+
     def _maybe_eval(self, record: dict, last: bool) -> bool:
         """Eval loss when due; returns True when early stopping or the on_eval hook says to stop."""
         t = self.config.training
-        due = self.data.eval and (last or (t.eval_every and self.progress.global_step % t.eval_every == 0))
-        if not due:
+        if not self._eval_due(last):
             return False
         metrics = self.eval_metrics()
         loss = metrics["eval_loss"]
@@ -282,31 +303,34 @@ class Trainer:
         stream = self._micro_batches()
         bar = tqdm(total=self.total_steps, initial=p.global_step, desc="train", unit="step",
                    disable=not self.show_progress, dynamic_ncols=True)
-        last_loss, stopped_early, interrupted = None, False, False
+        loss, last_loss, stopped_early, interrupted = None, None, False, False
         with stop_requests() as stop:
             while p.global_step < self.total_steps:
                 group = [next(stream) for _ in range(t.grad_accum)]
                 started = time.perf_counter()
-                last_loss, tokens = self._optimizer_step(group)
+                loss, tokens = self._optimizer_step(group)
+                p.global_step += 1
+                last = p.global_step == self.total_steps
+                # The loss is read (waiting for the device) only on the steps that log it, inside the timing.
+                logged = last or p.global_step % t.log_every == 0 or self._eval_due(last)
+                last_loss = self._train_loss(loss) if logged else None
                 p.train_seconds += time.perf_counter() - started
                 p.tokens += tokens
-                p.global_step += 1
                 epoch_before = p.epoch
                 p.epoch, p.batch_in_epoch = group[-1][0], group[-1][1] + 1
                 if p.batch_in_epoch >= self.batches_per_epoch:
                     p.epoch, p.batch_in_epoch = p.epoch + 1, 0
-                last = p.global_step == self.total_steps
-                record = {"step": p.global_step, "epoch": round(p.epoch + p.batch_in_epoch / self.batches_per_epoch, 4),
-                          "train_loss": round(last_loss, 6), "lr": self.scheduler.get_last_lr()[0],
-                          "tokens": p.tokens, "tokens_per_s": round(p.tokens / max(p.train_seconds, 1e-9), 1),
-                          "total_steps": self.total_steps,
-                          **self.step_metrics()}
-                stopped_early = self._maybe_eval(record, last)
-                if "eval_loss" in record or p.global_step % t.log_every == 0 or last:
+                if logged:
+                    record = {"step": p.global_step,
+                              "epoch": round(p.epoch + p.batch_in_epoch / self.batches_per_epoch, 4),
+                              "train_loss": round(last_loss, 6), "lr": self.scheduler.get_last_lr()[0],
+                              "tokens": p.tokens, "tokens_per_s": round(p.tokens / max(p.train_seconds, 1e-9), 1),
+                              "total_steps": self.total_steps, **self.step_metrics()}
+                    stopped_early = self._maybe_eval(record, last)
                     self._log(record)
+                    bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}",
+                                    epoch=f"{record['epoch']:.2f}")
                 bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}",
-                                epoch=f"{record['epoch']:.2f}")
                 stop["stop"] = self.dist.any(stop["stop"])  # every rank stops after the same step
                 checkpoint_due = (t.save_every and p.global_step % t.save_every == 0) or p.epoch > epoch_before
                 if self.dist.is_main and (checkpoint_due or stop["stop"]):
@@ -316,6 +340,8 @@ class Trainer:
                     interrupted = stop["stop"] and not stopped_early
                     break
         bar.close()
+        if loss is not None and last_loss is None:  # stopped on a step that was not logged
+            last_loss = self._train_loss(loss)
         if not self.data.eval and not interrupted:
             self.save_weights()
         return {"final_train_loss": last_loss, "stopped_early": stopped_early and not self.pruned,

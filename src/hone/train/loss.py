@@ -10,5 +10,5 @@ from hone.models.scoring import Batch, target_token_nll
 def trained_token_loss(model, batch: Batch, chunk_size: int | None = None,
                        chunked: bool = True) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the batch's trained target tokens, and their count."""
-    per_row, counts = target_token_nll(model, batch, chunk_size, chunked)
-    return per_row.sum(), int(counts.sum())
+    per_row, _ = target_token_nll(model, batch, chunk_size, chunked)
+    return per_row.sum(), batch.num_trained

@@ -15,12 +15,13 @@ the same number of tokens whatever the data's lengths.
 from __future__ import annotations
 
 import bisect
+import itertools
 from dataclasses import dataclass
 
 import torch
 
 from hone.data.render import RenderedExample
-from hone.models.scoring import grouped_target_nll
+from hone.models.scoring import grouped_target_nll, target_layout
 
 ATTENTION = "hone_packed"
 
@@ -58,7 +59,8 @@ class PackedBatch:
     """Examples back to back in one sequence; usable wherever a `Batch` is read (same field names).
 
     `position_ids` restart at 0 per example; `example_index` numbers the examples in order; `cu_seq_lens`
-    holds where each example starts, and the sequence's length last.
+    holds where each example starts, and the sequence's length last; `example_lengths` the same on the host,
+    so attention splits the sequence without reading the device. The target fields are `Batch`'s, per example.
     """
 
     input_ids: torch.Tensor
@@ -66,10 +68,14 @@ class PackedBatch:
     position_ids: torch.Tensor
     example_index: torch.Tensor
     cu_seq_lens: torch.Tensor
+    example_lengths: list[int]
+    target_positions: torch.Tensor
+    target_groups: torch.Tensor
+    target_counts: list[int]
 
     @property
     def num_examples(self) -> int:
-        return len(self.cu_seq_lens) - 1
+        return len(self.example_lengths)
 
     @property
     def num_tokens(self) -> int:
@@ -78,33 +84,37 @@ class PackedBatch:
     @property
     def num_trained(self) -> int:
         """Target tokens: trained positions predicted from a token of the same example."""
-        return int(self.trained[:, 1:].sum())
+        return sum(self.target_counts)
 
 
 def collate_packed(examples_per_row: list[list[RenderedExample]]) -> PackedBatch:
     """Every example of the rows, in row order, concatenated into one sequence of length 1 x tokens."""
     examples = [example for row in examples_per_row for example in row]
-    lengths = torch.tensor([len(example) for example in examples])
-    starts = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    lengths = [len(example) for example in examples]
+    starts = [0, *itertools.accumulate(lengths)]
     trained = torch.tensor([[i > 0 and flag for e in examples for i, flag in enumerate(e.trained)]])
+    positions, groups, counts = target_layout(examples, starts[:-1])
     return PackedBatch(
         input_ids=torch.tensor([[token for example in examples for token in example.input_ids]]),
         trained=trained,
-        position_ids=torch.cat([torch.arange(n) for n in lengths.tolist()])[None],
-        example_index=torch.repeat_interleave(torch.arange(len(examples)), lengths)[None],
-        cu_seq_lens=starts.to(torch.int32))
+        position_ids=torch.cat([torch.arange(n) for n in lengths])[None],
+        example_index=torch.repeat_interleave(torch.arange(len(examples)), torch.tensor(lengths))[None],
+        cu_seq_lens=torch.tensor(starts, dtype=torch.int32), example_lengths=lengths,
+        target_positions=positions, target_groups=groups, target_counts=counts)
 
 
 def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                     cu_seq_lens_q: torch.Tensor | None = None, **kwargs):
-    """Causal SDPA on each example of a packed sequence; unpacked calls (evals) are plain SDPA."""
+                     cu_seq_lens_q: torch.Tensor | None = None, example_lengths: list[int] | None = None,
+                     **kwargs):
+    """Causal SDPA on each example of a packed sequence; unpacked calls (evals) are plain SDPA. The examples'
+    lengths come from the host (`example_lengths`, passed down by `packed_hidden_states`) where given."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     dtype = query.dtype
     if cu_seq_lens_q is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    lengths = (cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]).tolist()
+    lengths = example_lengths or (cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]).tolist()
     # In float32: on a CPU, SDPA's bf16 kernels take twice as long as its fp32 ones on example-sized pieces.
     # `split`, not slicing: the backward of a slice fills a zero tensor the size of the whole sequence.
     pieces = zip(*((t.float() if t.device.type == "cpu" else t).split(lengths, dim=2) for t in (query, key, value)),
@@ -130,10 +140,11 @@ def use_packed_attention(model) -> None:
 def packed_hidden_states(model, batch: PackedBatch) -> torch.Tensor:
     """The decoder's last hidden states for a packed batch; every token sees only its own example."""
     use_packed_attention(model)
-    longest = int((batch.cu_seq_lens[1:] - batch.cu_seq_lens[:-1]).max())
+    longest = max(batch.example_lengths)
     return model.get_decoder()(input_ids=batch.input_ids, position_ids=batch.position_ids,
                                cu_seq_lens_q=batch.cu_seq_lens, cu_seq_lens_k=batch.cu_seq_lens,
-                               max_length_q=longest, max_length_k=longest).last_hidden_state
+                               max_length_q=longest, max_length_k=longest,
+                               example_lengths=batch.example_lengths).last_hidden_state
 
 
 def packed_target_token_nll(model, batch: PackedBatch, chunk_size: int | None = None,
@@ -143,5 +154,4 @@ def packed_target_token_nll(model, batch: PackedBatch, chunk_size: int | None = 
     Same as `hone.models.scoring.target_token_nll`, but with positions restarting per example and attention
     within each example; the lm_head runs only on positions that predict a target, in chunks.
     """
-    return grouped_target_nll(model, packed_hidden_states(model, batch), batch, batch.example_index,
-                              batch.num_examples, chunk_size, chunked)
+    return grouped_target_nll(model, packed_hidden_states(model, batch), batch, chunk_size, chunked)

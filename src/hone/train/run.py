@@ -59,7 +59,8 @@ def build_lora_model(config: TrainConfig, dtype: torch.dtype, device: str = "cpu
                       target_modules=config.lora.target_modules, use_dora=config.method == "dora",
                       task_type="CAUSAL_LM")
     model = with_lora(base, lora)
-    fuse_lora_forward(model)
+    if config.training.fused_lora_forward:
+        fuse_lora_forward(model)
     return model
 
 
@@ -202,7 +203,8 @@ def train(config: TrainConfig, *, config_path: Path | None = None, resume_dir: P
     if memory["warning"] and dist.is_main:
         print(f"warning: {memory['warning']}", file=sys.stderr)
     dtype = frozen_dtype(device, config.training.precision)
-    keep_freed_memory()
+    if config.training.keep_freed_memory:
+        keep_freed_memory()
     model = dist.prepare_model(build_model(config, dtype, device), config)
     with start_tracking(config, run_dir, data) if dist.is_main else NullTracker() as tracker:
         trainer = make_trainer(config, model, data, run_dir, tokenizer.pad_token_id,
