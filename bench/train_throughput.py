@@ -37,9 +37,10 @@ PACKED_BATCH = 2
 # precision auto: bf16 frozen weights where the CPU has native bf16 (AVX512-BF16/AMX), else fp32.
 # Every speed switch of training (the documented training.* fields), each in the ablation below.
 HONE_BEST = {"packing": True, "chunked_loss": True, "precision": "auto", "compile": False,
-             "fused_lora_forward": True, "autocast_adapter_inputs": True, "keep_freed_memory": True}
+             "fused_lora_forward": True, "autocast_adapter_inputs": True, "keep_freed_memory": True,
+             "fused_optimizer": True}
 ALL_OFF = {"packing": False, "chunked_loss": False, "precision": "fp32", "fused_lora_forward": False,
-           "autocast_adapter_inputs": False, "keep_freed_memory": False}
+           "autocast_adapter_inputs": False, "keep_freed_memory": False, "fused_optimizer": False}
 ABLATION = {
     "best": {},
     "packing_off": {"packing": False},
@@ -48,6 +49,7 @@ ABLATION = {
     "fused_lora_forward_off": {"fused_lora_forward": False},
     "autocast_adapter_inputs_off": {"autocast_adapter_inputs": False},
     "keep_freed_memory_off": {"keep_freed_memory": False},
+    "fused_optimizer_off": {"fused_optimizer": False},
     "compile_on": {"compile": True},
     "all_off": ALL_OFF,
 }

@@ -79,6 +79,9 @@ class TrainingConfig(Section):
                                     "step (blocks up to 32 MB, heap never trimmed) instead of handing it back to "
                                     "the system, whose fresh pages then fault in one by one. Set for the whole "
                                     "training process; no effect with another C library.")
+    fused_optimizer: bool = Field(True, description="AdamW updates every trained tensor in one fused kernel "
+                                  "(torch's fused=True) instead of a loop of small ops per tensor: same values "
+                                  "(to float rounding), a LoRA step's hundreds of small tensors updated at once.")
     eval_every: int | None = Field(None, ge=1, description="Eval loss every N optimizer steps (and at the end).")
     early_stopping_patience: int | None = Field(None, ge=1, description="Evals without improvement to stop.")
     save_every: int | None = Field(None, ge=1, description="Checkpoint every N optimizer steps (+ every epoch).")

@@ -131,7 +131,7 @@ class Trainer:
         self.total_steps, self.batches_per_epoch = total_optimizer_steps(config, len(self.unit_lengths))
         self.dist.check_batch_size(t.batch_size)
         params = [p for p in peft_model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=t.fused_optimizer)
         warmup = int(t.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(self.total_steps, warmup, t.scheduler))
