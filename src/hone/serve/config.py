@@ -83,6 +83,8 @@ class ServeConfig(Section):
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     device: str = Field("auto", description="'auto' (CUDA when present, else CPU), 'cpu' or 'cuda:N'.")
     threads: int | None = Field(None, ge=1, description="CPU threads for the model; default: PyTorch's choice.")
+    incremental_detokenize: bool = Field(True, description="Decode each generated token once (speed switch); "
+                                         "false decodes the whole reply again at every token.")
     database: str | None = Field(None, description="SQLAlchemy URL for API keys and capture; default SQLite.")
     capture_fine_tuned: bool = Field(True, description="Capture (PII masked) every request to a registered "
                                      "fine-tuned model or MODEL@ALIAS: the monitor, drift and the retraining loop "

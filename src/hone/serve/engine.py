@@ -24,6 +24,7 @@ from transformers import DynamicCache
 
 from hone.models.generation import stop_token_ids
 from hone.serve.adapters import AdapterRegistry, AdapterSource, LoadedAdapters
+from hone.serve.detokenize import ReplyText
 from hone.serve.kv import BatchCache, left_pad
 
 log = logging.getLogger("hone.serve")
@@ -64,7 +65,7 @@ class Sequence:
     queue: asyncio.Queue
     id: int = field(default_factory=lambda: next(_ids))
     generated: list[int] = field(default_factory=list)
-    sent_chars: int = 0
+    reply: ReplyText | None = None  # the reply's text, decoded token by token once the engine admits it
     cancelled: bool = False
     finished: bool = False
     finish_reason: str | None = None
@@ -124,8 +125,10 @@ class Running:
 class Engine:
     """The background decoding thread and its queue of waiting requests."""
 
-    def __init__(self, model, tokenizer, registry: AdapterRegistry, loaded: LoadedAdapters, max_batch: int):
+    def __init__(self, model, tokenizer, registry: AdapterRegistry, loaded: LoadedAdapters, max_batch: int,
+                 incremental_detokenize: bool = True):
         self.tokenizer = tokenizer
+        self.incremental_detokenize = incremental_detokenize
         self.registry = registry
         self.loaded = loaded
         self.max_batch = max_batch
@@ -314,6 +317,7 @@ class Engine:
                             logits_to_keep=1)
         for seq in rows:
             seq.generator = _generator(seq.params.seed, self.device)
+            seq.reply = ReplyText(self.tokenizer, seq.params.stop, self.incremental_detokenize)
         tokens = self._sample(out.logits[:, -1, :], rows)
         self.running.add(rows, BatchCache(out.cache, mask), tokens, positions[:, -1] + 1)
         self._emit(len(self.running.rows) - len(rows), tokens)
@@ -345,33 +349,24 @@ class Engine:
         self.running.keep([i for i, seq in enumerate(rows) if not (seq.finished or seq.cancelled)])
 
     def _advance(self, seq: Sequence, token: int) -> None:
-        params = seq.params
+        params, reply = seq.params, seq.reply
         if token in self.eos_ids and not params.ignore_eos:
-            self._finish(seq, "stop", self._text(seq))
+            self._finish(seq, "stop", reply.finish())
             return
         seq.generated.append(token)
         self.tokens_out += 1
-        text = self._text(seq)
-        stop_at = _first_stop(text, params.stop, max(0, seq.sent_chars - _longest(params.stop)))
-        if stop_at is not None:
-            self._finish(seq, "stop", text[:stop_at])
-        elif len(seq.generated) >= params.max_tokens:
-            self._finish(seq, "length", text)
-        else:
-            safe = len(text) - max(_longest(params.stop) - 1, 0)  # a stop string may be starting here
-            if text.endswith("\ufffd"):
-                safe = min(safe, len(text) - 1)  # half of a multi-byte character
-            if safe > seq.sent_chars:
-                seq.send(Event(text[seq.sent_chars:safe]))
-                seq.sent_chars = safe
-
-    def _text(self, seq: Sequence) -> str:
-        return self.tokenizer.decode(seq.generated, skip_special_tokens=True)
+        text = reply.add(token)
+        if not reply.stopped and len(seq.generated) >= params.max_tokens:
+            text += reply.finish()
+            self._finish(seq, "stop" if reply.stopped else "length", text)
+        elif reply.stopped:
+            self._finish(seq, "stop", text)
+        elif text:
+            seq.send(Event(text))
 
     def _finish(self, seq: Sequence, reason: str, text: str) -> None:
         seq.finished, seq.finish_reason = True, reason
-        seq.send(Event(text[seq.sent_chars:], finish_reason=reason))
-        seq.sent_chars = len(text)
+        seq.send(Event(text, finish_reason=reason))
 
 
 def _generator(seed: int | None, device) -> torch.Generator:
@@ -388,13 +383,3 @@ def _sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.G
         sorted_probs[outside] = 0.0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
     return torch.multinomial(probs, 1, generator=generator)[0]
-
-
-def _longest(stops: tuple[str, ...]) -> int:
-    return max((len(stop) for stop in stops), default=0)
-
-
-def _first_stop(text: str, stops: tuple[str, ...], start: int) -> int | None:
-    """Where the earliest stop string begins in `text` (searching from `start`), or None."""
-    found = [at for stop in stops if (at := text.find(stop, start)) != -1]
-    return min(found) if found else None

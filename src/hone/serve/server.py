@@ -20,8 +20,7 @@ import torch
 from hone import audit
 from hone.data.render import render_prompt
 from hone.errors import HoneError, NotFoundError, RequestError
-from hone.models import fingerprint, frozen_dtype, load_model, load_tokenizer, local_model_dir
-from hone.models.finetuned import default_device
+from hone.models import fingerprint, frozen_dtype, load_model, load_tokenizer, local_model_dir, resolve_device
 from hone.monitor.canary import Canaries
 from hone.monitor.capture import CaptureStore, Served
 from hone.registry.promotion import Promotions
@@ -87,7 +86,7 @@ class ModelServer:
     def __init__(self, config: ServeConfig):
         self.config = config
         self.base_id = config.served_base
-        device = default_device() if config.device == "auto" else config.device
+        device = resolve_device(config.device, "device")
         if config.threads:
             torch.set_num_threads(config.threads)
         self.base_dir = local_model_dir(config.base)
@@ -103,7 +102,8 @@ class ModelServer:
             except HoneError as error:
                 raise HoneError(f"adapters.{name}: {error.message}", hint=error.hint) from None
         loaded = LoadedAdapters(model, config.base, config.max_adapters)
-        self.engine = Engine(model, self.tokenizer, self.registry, loaded, config.max_batch)
+        self.engine = Engine(model, self.tokenizer, self.registry, loaded, config.max_batch,
+                             config.incremental_detokenize)
         self.started = int(time.time())
         # cheap until the first capture builds its PII scrubber
         self.capture = CaptureStore(config.database)
