@@ -18,7 +18,7 @@ import json
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,16 +152,18 @@ def read_prompts(path: Path, column: str = "prompt") -> list[list[dict]]:
                 raise HoneError(f"{path}: no column {column!r} (columns: {', '.join(reader.fieldnames or [])})",
                                 hint="set `column:` to the column that holds the prompts")
             return [[{"role": "user", "content": row[column]}] for row in reader if (row[column] or "").strip()]
-    conversations = []
+    return [_conversation(record, path, number) for number, record in _jsonl_records(path)]
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[int, object]]:
+    """(line number, parsed JSON) of every non-blank line; a line that is not JSON is an error naming it."""
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            yield number, json.loads(line)
         except ValueError as error:
             raise HoneError(f"{path}:{number}: not JSON ({error.msg})", hint="one JSON object per line") from None
-        conversations.append(_conversation(record, path, number))
-    return conversations
 
 
 def _conversation(record: dict, path: Path, number: int) -> list[dict]:
@@ -196,13 +198,7 @@ def read_prompts_with_answers(path: Path, what: str = "reference example",
                         hint=f"set `{setting}:` to a chat JSONL file of examples, each ending with the assistant's "
                         "answer")
     examples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as error:
-            raise HoneError(f"{path}:{number}: not JSON ({error.msg})", hint="one JSON object per line") from None
+    for number, record in _jsonl_records(path):
         messages = record.get("messages") if isinstance(record, dict) else None
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
             raise HoneError(f"{path}:{number}: expected \"messages\" (a list of turns)",

@@ -122,11 +122,8 @@ def near_dedup(examples: list[Example], threshold: float = 0.8, shingle_words: i
     kept = []
     progress = tqdm(examples, desc="near-duplicates", unit="ex", file=sys.stderr, disable=None)
     for index, example in enumerate(progress):
-        grams = shingles(compared_text(example), shingle_words)
-        signature = signer.sign(grams)
-        candidates = [c for c in lsh.query(signature)
-                      if signatures[c].jaccard(signature) >= threshold - ESTIMATE_MARGIN]
-        match, similarity = _best_match(examples, candidates, grams, threshold, shingle_words)
+        signature, match, similarity = _near_match(example, examples, lsh, signatures, signer, threshold,
+                                                   shingle_words)
         if match is None:
             lsh.insert(index, signature, check_duplication=False)
             signatures[index] = signature
@@ -138,6 +135,17 @@ def near_dedup(examples: list[Example], threshold: float = 0.8, shingle_words: i
     report.count("kept", len(kept))
     report.extra = clusters.summary()
     return kept, report
+
+
+def _near_match(example: Example, pool: list[Example], lsh: MinHashLSH, signatures: dict, signer: _Signer,
+                threshold: float, size: int) -> tuple[LeanMinHash, int | None, float]:
+    """The example's signature and the most similar example of `pool` indexed in `lsh` at or above the
+    threshold (its index and similarity; None when there is none)."""
+    grams = shingles(compared_text(example), size)
+    signature = signer.sign(grams)
+    candidates = [c for c in lsh.query(signature) if signatures[c].jaccard(signature) >= threshold - ESTIMATE_MARGIN]
+    match, similarity = _best_match(pool, candidates, grams, threshold, size)
+    return signature, match, similarity
 
 
 def _best_match(examples: list[Example], candidates: list[int], grams: set[bytes], threshold: float,
@@ -171,11 +179,7 @@ def dedup_against(examples: list[Example], existing: list[Example], threshold: f
         if same is not None:
             report.remove(example, "duplicate_of_existing", f"the same text as {same.source}:{same.line}")
             continue
-        grams = shingles(compared_text(example), shingle_words)
-        signature = signer.sign(grams)
-        candidates = [c for c in lsh.query(signature)
-                      if signatures[c].jaccard(signature) >= threshold - ESTIMATE_MARGIN]
-        match, similarity = _best_match(existing, candidates, grams, threshold, shingle_words)
+        _, match, similarity = _near_match(example, existing, lsh, signatures, signer, threshold, shingle_words)
         if match is None:
             kept.append(example)
             continue
