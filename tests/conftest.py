@@ -23,8 +23,8 @@ CHATML = (
 )
 
 
-def build_tiny_model(folder: Path, seed: int = 0) -> Path:
-    """Write a tiny Llama (2 layers, hidden 64) and a byte-level BPE tokenizer to `folder`."""
+def build_tiny_model(folder: Path, seed: int = 0, context: int = 512) -> Path:
+    """Write a tiny Llama (2 layers, hidden 64, `context` positions) and a byte-level BPE tokenizer to `folder`."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -45,7 +45,7 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
                          tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     LlamaForCausalLM(config).save_pretrained(folder)

@@ -39,6 +39,8 @@ def _assert_typed(name: str, schema: dict, components: dict) -> None:
     """An object schema names its properties (and every nested object does): no untyped `{}` or bare object."""
     schema = _resolve(schema, components)
     assert schema, f"{name}: untyped (empty) schema"
+    if schema.get("x-json-schema"):
+        return  # the value is itself a JSON Schema, of any shape by design
     for option in schema.get("anyOf", []) + schema.get("oneOf", []):
         _assert_typed(name, option, components)
     values = schema.get("additionalProperties")

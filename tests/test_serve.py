@@ -167,7 +167,7 @@ def test_unknown_model_and_bad_parameters_get_openai_errors(server):
     with pytest.raises(openai.NotFoundError) as missing:
         sdk.chat.completions.create(model="nope", messages=CHAT)
     assert missing.value.body["code"] == "model_not_found" and missing.value.body["param"] == "model"
-    for params, param in [({"n": 2}, "n"), ({"temperature": 3}, "temperature"), ({"max_tokens": 10**6}, "max_tokens"),
+    for params, param in [({"n": 9}, "n"), ({"temperature": 3}, "temperature"), ({"max_tokens": 10**6}, "max_tokens"),
                           ({"stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"top_p": 0}, "top_p")]:
         with pytest.raises(openai.BadRequestError) as bad:
             sdk.chat.completions.create(model="tiny", messages=CHAT, **params)

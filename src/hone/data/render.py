@@ -80,6 +80,43 @@ def _arguments(call: dict) -> dict:
     return json.loads(arguments) if isinstance(arguments, str) else arguments
 
 
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+
+
+def parse_tool_call(body: str) -> tuple[str, str] | None:
+    """A call's function name and arguments (a JSON string, as OpenAI sends them) from the JSON between the tags;
+    None when it is not `{"name": str, "arguments": object}`."""
+    try:
+        call = json.loads(body)
+    except json.JSONDecodeError:
+        return None
+    if not (isinstance(call, dict) and isinstance(call.get("name"), str) and isinstance(call.get("arguments"), dict)):
+        return None
+    return call["name"], json.dumps(call["arguments"], ensure_ascii=False)
+
+
+def parse_tool_calls(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """A reply written in hone's default format split into its text and its calls, (name, arguments JSON) each.
+    A block that does not parse as a call stays in the text, so nothing the model wrote is lost."""
+    content, calls, rest = [], [], text
+    while (start := rest.find(TOOL_CALL_OPEN)) >= 0 and (end := rest.find(TOOL_CALL_CLOSE, start)) >= 0:
+        call = parse_tool_call(rest[start + len(TOOL_CALL_OPEN):end].strip())
+        content.append(rest[:start] if call else rest[:end + len(TOOL_CALL_CLOSE)])
+        if call:
+            calls.append(call)
+        rest = rest[end + len(TOOL_CALL_CLOSE):]
+    return "".join(content + [rest]).strip(), calls
+
+
+def writes_default_tool_calls(tokenizer) -> bool:
+    """Whether the model calls tools in hone's default format (`parse_tool_calls` reads its replies): its template
+    has no tool support of its own, or renders calls the same way (Hermes / Qwen2.5)."""
+    if not supports_tools(tokenizer):
+        return True
+    text = tokenizer.apply_chat_template(PROBE_MESSAGES, tools=PROBE_TOOLS, tokenize=False)
+    return any(name == "hone_probe_function" for name, _ in parse_tool_calls(text)[1])
+
+
 def render_tool_response(content: str) -> str:
     """One tool result as the model reads it by default (inside a user turn)."""
     return f"<tool_response>\n{content}\n</tool_response>"

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
+from hone.models.constrained import Constraint, mask_logits
 from hone.models.generation import stop_token_ids
 from hone.serve.adapters import AdapterRegistry, AdapterSource, LoadedAdapters
 from hone.serve.detokenize import ReplyText
@@ -42,6 +43,17 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    logprobs: int | None = None  # alternatives reported per token (0: only the chosen one); None: no logprobs
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """A generated token's log probability under the model (before temperature, top_p and constraints), with the
+    `top` most likely tokens at its position as (token id, log probability)."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -52,6 +64,7 @@ class Event:
     finish_reason: str | None = None  # "stop", "length", "error"
     error: str | None = None
     model_missing: bool = False  # the error is that the request's adapter was unloaded while it waited
+    logprobs: list[TokenLogprobs] | None = None  # the tokens generated since the previous event (with logprobs)
 
 
 @dataclass(eq=False)
@@ -70,9 +83,13 @@ class Sequence:
     finished: bool = False
     finish_reason: str | None = None
     generator: torch.Generator | None = None
+    constraint: Constraint | None = None  # the grammar the reply is held to (response_format, tools)
+    pending_logprobs: list[TokenLogprobs] = field(default_factory=list)  # not sent yet: their text is held back
 
     def send(self, event: Event) -> None:
-        """Hand `event` to the request's event loop from the engine thread."""
+        """Hand `event` to the request's event loop from the engine thread (with the logprobs not sent yet)."""
+        if self.pending_logprobs:
+            event.logprobs, self.pending_logprobs = self.pending_logprobs, []
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
         except RuntimeError:  # the request's loop has closed: nobody is listening any more
@@ -334,11 +351,19 @@ class Engine:
         self._emit(0, tokens)
 
     def _sample(self, logits: torch.Tensor, rows: list[Sequence]) -> torch.Tensor:
-        """Greedy for temperature 0, else temperature + nucleus sampling with each request's own generator."""
+        """Greedy for temperature 0, else temperature + nucleus sampling with each request's own generator; a row
+        with a constraint chooses among the tokens its grammar allows."""
+        wanted = [(row, seq) for row, seq in enumerate(rows) if seq.params.logprobs is not None]
+        logprobs = torch.log_softmax(logits[[row for row, _ in wanted]].float(), dim=-1) if wanted else None
+        constrained = [(row, seq.constraint) for row, seq in enumerate(rows) if seq.constraint is not None]
+        if constrained:
+            mask_logits(logits, constrained)
         tokens = logits.argmax(dim=-1)
         for row, seq in enumerate(rows):
             if seq.params.temperature > 0:
                 tokens[row] = _sample_row(logits[row].float(), seq.params, seq.generator)
+        if wanted:
+            _record_logprobs(logprobs, tokens, wanted)
         return tokens
 
     def _emit(self, first_row: int, tokens: torch.Tensor) -> None:
@@ -351,12 +376,21 @@ class Engine:
     def _advance(self, seq: Sequence, token: int) -> None:
         params, reply = seq.params, seq.reply
         if token in self.eos_ids and not params.ignore_eos:
+            if seq.pending_logprobs and seq.pending_logprobs[-1].token == token:
+                seq.pending_logprobs.pop()  # the end of the reply is not one of its tokens
             self._finish(seq, "stop", reply.finish())
+            return
+        if seq.constraint is not None and not seq.constraint.accept(token):
+            log.error("a constrained reply chose a token its grammar forbids: %s", seq.constraint.error)
+            seq.send(Event("", finish_reason="error", error="generation failed: the reply left its grammar"))
+            seq.finished = True
             return
         seq.generated.append(token)
         self.tokens_out += 1
         text = reply.add(token)
-        if not reply.stopped and len(seq.generated) >= params.max_tokens:
+        if seq.constraint is not None and seq.constraint.finished and not reply.stopped:
+            self._finish(seq, "stop", text + reply.finish())  # the grammar allows nothing more: end without a step
+        elif not reply.stopped and len(seq.generated) >= params.max_tokens:
             text += reply.finish()
             self._finish(seq, "stop" if reply.stopped else "length", text)
         elif reply.stopped:
@@ -373,6 +407,20 @@ def _generator(seed: int | None, device) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else time.time_ns() & 0x7FFF_FFFF_FFFF_FFFF)
     return generator
+
+
+def _record_logprobs(logprobs: torch.Tensor, tokens: torch.Tensor, wanted: list[tuple[int, Sequence]]) -> None:
+    """Keep each wanting row's chosen-token log probability and its top alternatives (one host read for all)."""
+    most = max(seq.params.logprobs for _, seq in wanted)
+    rows = torch.tensor([row for row, _ in wanted], device=tokens.device)
+    picked = tokens[rows]
+    chosen = logprobs.gather(1, picked[:, None])[:, 0].tolist()
+    top_values, top_ids = (logprobs.topk(most, dim=-1) if most else (logprobs[:, :0], logprobs[:, :0].long()))
+    top_values, top_ids, picked = top_values.tolist(), top_ids.tolist(), picked.tolist()
+    for i, (_, seq) in enumerate(wanted):
+        k = seq.params.logprobs
+        seq.pending_logprobs.append(TokenLogprobs(picked[i], chosen[i],
+                                                  tuple(zip(top_ids[i][:k], top_values[i][:k], strict=True))))
 
 
 def _sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:

@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 
 from hone import audit
-from hone.data.render import render_prompt
+from hone.data.render import render_prompt, writes_default_tool_calls
 from hone.errors import HoneError, NotFoundError, RequestError
 from hone.models import fingerprint, frozen_dtype, load_model, load_tokenizer, local_model_dir, resolve_device
+from hone.models.constrained import Constraint, OutputGrammar, grammar_tokenizer
 from hone.monitor.canary import Canaries
 from hone.monitor.capture import CaptureStore, Served
 from hone.registry.promotion import Promotions
@@ -35,7 +36,7 @@ from hone.serve.adapters import (
     resolve_request_adapter,
 )
 from hone.serve.config import MODEL_NAME, ServeConfig
-from hone.serve.engine import Engine, Event, SamplingParams, Sequence
+from hone.serve.engine import Engine, Event, SamplingParams, Sequence, TokenLogprobs
 from hone.serve.errors import GenerationFailed, GenerationTimeout
 from hone.serve.limits import ConcurrencyLimit
 from hone.store import engine_for, session
@@ -94,6 +95,7 @@ class ModelServer:
         model = load_model(config.base, dtype=frozen_dtype(device, config.dtype), device=device).eval()
         self.tokenizer = load_tokenizer(config.base)
         self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.registry = AdapterRegistry()
         for name, path in config.adapters.items():
             try:
@@ -292,11 +294,33 @@ class ModelServer:
             raise failure(f"index: {error}", param="index") from None
 
     async def chat_prompt(self, model: str, messages: list[dict], *, index: str | None = None,
-                          top_k: int | None = None, project: str = DEFAULT_PROJECT) -> Prompt:
+                          top_k: int | None = None, project: str = DEFAULT_PROJECT,
+                          tools: list[dict] | None = None) -> Prompt:
         """The prompt `model` is fed for a conversation of `project`: passages retrieved for its last user turn
-        (from `index` or the model's own) put into its system message, rendered with the chat template."""
+        (from `index` or the model's own) put into its system message, rendered with the chat template (with the
+        `tools` it may call)."""
+        if tools and not writes_default_tool_calls(self.tokenizer):
+            raise RequestError(f"tools: the chat template of '{self.base_id}' writes tool calls in its own format, "
+                               "which hone cannot yet read back into tool_calls; serve tools with a model whose "
+                               "template has no tool support (hone's default format) or uses <tool_call> tags",
+                               param="tools", code="tools_not_supported")
         passages = await self.passages(model, retrieval_query(messages), index=index, top_k=top_k, project=project)
-        return Prompt(render_prompt(self.tokenizer, rag_messages(messages, passages)), passages)
+        return Prompt(render_prompt(self.tokenizer, rag_messages(messages, passages), tools), passages)
+
+    def _grammar_tokenizer(self):
+        return grammar_tokenizer(self.tokenizer, self.vocab_size, min(self.engine.eos_ids))
+
+    async def constraints(self, grammar: OutputGrammar, count: int, param: str) -> list[Constraint]:
+        """`count` fresh constraints (one per reply) holding replies to `grammar`; a RequestError naming `param`
+        when the grammar cannot be built (a schema feature that cannot be enforced, a schema nothing matches)."""
+        def build() -> list[Constraint]:
+            tokenizer = self._grammar_tokenizer()
+            return [Constraint(grammar, tokenizer, param) for _ in range(count)]
+        return await asyncio.to_thread(build)
+
+    def token_bytes(self, token: int) -> bytes:
+        """A token's exact bytes (part of a character, for a character split across tokens)."""
+        return self._grammar_tokenizer().decode_bytes([token])
 
     async def text_prompt(self, model: str, prompt: str, *, index: str | None = None,
                           top_k: int | None = None, project: str = DEFAULT_PROJECT) -> Prompt:
@@ -346,11 +370,12 @@ class Generation:
     """
 
     def __init__(self, server: ModelServer, prompt_ids: list[int], adapter: str | None, params: SamplingParams,
-                 is_disconnected: Callable[[], Awaitable[bool]]):
+                 is_disconnected: Callable[[], Awaitable[bool]], constraint: Constraint | None = None):
         self.server = server
         self.is_disconnected = is_disconnected
         self.prompt_tokens = len(prompt_ids)
-        self.sequence = Sequence(prompt_ids, adapter, params, asyncio.get_running_loop(), asyncio.Queue())
+        self.sequence = Sequence(prompt_ids, adapter, params, asyncio.get_running_loop(), asyncio.Queue(),
+                                 constraint=constraint)
         self.deadline = time.monotonic() + server.config.limits.request_timeout_s
 
     @property
@@ -395,10 +420,20 @@ class Generation:
                 if await self.is_disconnected():
                     return None
 
-    async def collect(self) -> tuple[str, str | None]:
-        """The whole text and finish reason (for non-streaming responses); None when the client left."""
-        parts, finish_reason = [], None
+    async def collect(self) -> Reply:
+        """The whole reply (for non-streaming responses); its finish reason is None when the client left."""
+        parts, finish_reason, logprobs = [], None, []
         async for event in self.events():
             parts.append(event.text)
             finish_reason = event.finish_reason or finish_reason
-        return "".join(parts), finish_reason
+            logprobs += event.logprobs or []
+        return Reply("".join(parts), finish_reason, logprobs)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One whole generated reply: its text, why it ended (None: the client left) and its tokens' logprobs."""
+
+    text: str
+    finish_reason: str | None
+    logprobs: list[TokenLogprobs]
