@@ -281,3 +281,44 @@ def test_the_server_keeps_serving_after_bad_grammars(server):
     reply = httpx.post(server + "/chat/completions", json={"model": "tiny", "messages": ASK, "max_tokens": 40,
                                                            "temperature": 0, "response_format": person_format()})
     assert reply.status_code == 200
+
+
+def test_the_bundled_model_answers_tools_and_json_schema_that_always_parse(shared_model_cache, tmp_path):
+    """The real model through the SDK: every JSON Schema reply and every tool call parses and matches its schema."""
+    app = create_app(config(None, {}, tmp_path, base="smollm2-135m-instruct", base_id="smollm2", dtype="auto",
+                            threads=None, max_batch=4))
+    customer = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 30},
+                                                 "city": {"type": "string", "maxLength": 30},
+                                                 "plan": {"enum": ["free", "pro", "team"]}},
+                "required": ["name", "city", "plan"], "additionalProperties": False}
+    sentences = ["Ada Park lives in Lisbon and pays for the pro plan.", "Omar from Denver is on the free plan.",
+                 "The team plan belongs to Lena Vogel in Osaka.", "Ravi Iyer, Leeds, pro plan."]
+    with serve_app(app) as url:
+        sdk = client(url)
+
+        def extract(sentence: str) -> dict:
+            reply = sdk.chat.completions.create(
+                model="smollm2", max_tokens=80, temperature=0,
+                messages=[{"role": "system", "content": "Extract the customer as JSON."},
+                          {"role": "user", "content": sentence}],
+                response_format={"type": "json_schema", "json_schema": {"name": "customer", "schema": customer}})
+            assert reply.choices[0].finish_reason == "stop"
+            return json.loads(reply.choices[0].message.content)
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(extract, sentences))
+        for answer in answers:
+            jsonschema.validate(answer, customer)
+        assert answers[0]["city"] == "Lisbon"  # constrained, the small model still reads the sentence
+        ask = [{"role": "user", "content": "What's the weather like in Paris today, in celsius?"}]
+        whole = sdk.chat.completions.create(model="smollm2", messages=ask, tools=TOOLS, tool_choice="required",
+                                            max_tokens=80, temperature=0).choices[0]
+        assert whole.finish_reason == "tool_calls"
+        assert_calls_valid(whole.message.tool_calls)
+        streamed = {}
+        for chunk in sdk.chat.completions.create(model="smollm2", messages=ask, tools=TOOLS, tool_choice="required",
+                                                 max_tokens=80, temperature=0, stream=True):
+            for delta in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
+                streamed.setdefault(delta.index, [delta.function.name, ""])[1] += delta.function.arguments or ""
+        assert [(name, json.loads(arguments)) for name, arguments in streamed.values()] == \
+            [(call.function.name, json.loads(call.function.arguments)) for call in whole.message.tool_calls]

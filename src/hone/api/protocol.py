@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hone.models.constrained import OutputGrammar, ref_cycle
+from hone.models.constrained import OutputGrammar, ref_cycle, reply_grammar
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 MAX_CHOICES = 8  # `n`: replies per request
@@ -248,15 +248,12 @@ class ChatCompletionRequest(GenerationFields):
     def output_grammar(self) -> OutputGrammar | None:
         """What the reply is held to: calls to the tools and/or JSON, or None for free text."""
         kind = self.response_format.type if self.response_format else "text"
-        schema = {"json_object": {"type": "object"}}.get(kind) or \
-            (self.response_format.json_schema.json_schema if kind == "json_schema" else None)
-        if self.tools:
-            choice = self.tool_choice.model_dump() if isinstance(self.tool_choice, NamedToolChoice) else \
-                self.tool_choice or "auto"
-            return OutputGrammar.tool_calls(self.tool_list(), choice, self.parallel_tool_calls is not False, schema)
-        if kind == "json_schema":
-            return OutputGrammar.json_schema(schema, self.response_format.json_schema.name)
-        return OutputGrammar.json_object() if schema is not None else None
+        spec = self.response_format.json_schema if kind == "json_schema" else None
+        schema = spec.json_schema if spec else {"type": "object"} if kind == "json_object" else None
+        choice = self.tool_choice.model_dump() if isinstance(self.tool_choice, NamedToolChoice) else \
+            self.tool_choice or "auto"
+        return reply_grammar(schema, spec.name if spec else None, self.tool_list(), choice,
+                             self.parallel_tool_calls is not False)
 
     def grammar_param(self) -> str:
         """The request field a grammar error names."""

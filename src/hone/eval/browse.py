@@ -16,7 +16,9 @@ from hone.eval.slices import metric_intervals
 FILTERS = ("all", "wrong", "disagree", "judge_disagree")
 # Metrics whose best score is a fixed number, so a reply can be called right or wrong by them.
 FULL_MARKS = {"exact_match": 100, "token_f1": 100, "rouge_l": 100, "bleu": 100, "chrf": 100, "accuracy": 100,
-              "json_valid": 100, "json_schema": 100, "json_fields": 100, "style_pass": 100, "judge_score": 5}
+              "json_valid": 100, "json_schema": 100, "json_fields": 100, "style_pass": 100, "judge_score": 5,
+              "tool_name_accuracy": 100, "tool_arguments_exact": 100, "tool_argument_accuracy": 100,
+              "no_call_accuracy": 100, "tool_call_parse_rate": 100}
 JUDGE_HIGH, JUDGE_LOW = 4, 2  # a rubric score this high calls a reply good, this low bad
 
 

@@ -1,10 +1,12 @@
 """The eval config: test data, the candidates compared side by side, metrics, judge, forgetting and verdict.
 
-The short flag form (`--base NAME --adapter RUN_DIR`) becomes two candidates, "base" and "fine-tuned".
+The short flag form (`--base NAME --adapter RUN_DIR`) becomes two candidates, "base" and "fine-tuned". A candidate's
+`response_format` (OpenAI's shape) holds its replies to JSON, so "fine-tuned" and "base + schema" compare in one run.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +37,50 @@ class EndpointSettings(Section):
     concurrency: int = Field(4, ge=1, le=64, description="Requests in flight at once.")
 
 
+class JsonSchemaSpec(Section):
+    """`response_format.json_schema`, as in OpenAI's API."""
+
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, serialize_by_alias=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The schema's name (letters, digits, _ and -).")
+    description: str | None = None
+    json_schema: dict[str, Any] = Field(alias="schema", description="The JSON Schema every reply must match.")
+    strict: bool | None = None
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        import jsonschema
+
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except jsonschema.SchemaError as error:
+            raise ValueError(f"not a valid JSON Schema: {error.message}") from None
+        return schema
+
+
+class ResponseFormat(Section):
+    """What every reply must be, in OpenAI's `response_format` shape."""
+
+    type: Literal["text", "json_object", "json_schema"] = Field(description="text (no constraint), json_object "
+                                                                "(any JSON object) or json_schema.")
+    json_schema: JsonSchemaSpec | None = Field(None, description="{name, schema}; needed by type json_schema.")
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs json_schema: {name: ..., schema: {...}}")
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise ValueError(f"json_schema is only read with type json_schema, not {self.type}")
+        return self
+
+    def reply_schema(self) -> dict | None:
+        """The JSON Schema a reply must match: the given one, any object for json_object, None for text."""
+        if self.type == "json_schema":
+            return self.json_schema.json_schema
+        return {"type": "object"} if self.type == "json_object" else None
+
+
 class CandidateConfig(Section):
     """One way of answering the test prompts: a model (base, adapter or endpoint) plus prompt additions."""
 
@@ -46,6 +92,16 @@ class CandidateConfig(Section):
     shots: int = Field(0, ge=0, le=32, description="Training examples put before the prompt as a k-shot demo.")
     rag: RagSettings | None = Field(None, description="Retrieval-augmented prompt.")
     endpoint: EndpointSettings | None = Field(None, description="Answer with an external OpenAI-compatible API.")
+    response_format: ResponseFormat | None = Field(None, description="Hold every reply to JSON (OpenAI shape: "
+                                                   "{type: json_object} or {type: json_schema, json_schema: {name, "
+                                                   "schema}}): local models decode under the grammar `hone serve` "
+                                                   "uses, endpoints get it in each request.")
+    constrain_tool_calls: bool = Field(True, description="On test examples with tools, a local model's reply is "
+                                       "text or calls matching the tools' parameters, as `hone serve` holds it; "
+                                       "false: the model's own, unconstrained calls.")
+    tool_choice: Literal["auto", "required", "none"] = Field("auto", description="On test examples with tools: "
+                                                             "auto (text or calls), required (calls only) or none "
+                                                             "(text only), as OpenAI's tool_choice.")
 
     @model_validator(mode="after")
     def _one_model(self) -> CandidateConfig:
@@ -61,6 +117,14 @@ class CandidateConfig(Section):
             parts.append(f"{self.shots}-shot")
         if self.rag:
             parts.append(f"rag({self.rag.source}, k={self.rag.k})")
+        if self.response_format and self.response_format.type == "json_schema":
+            parts.append(f"schema({self.response_format.json_schema.name})")
+        elif self.response_format and self.response_format.type == "json_object":
+            parts.append("json")
+        if not self.constrain_tool_calls:
+            parts.append("free tool calls")
+        if self.tool_choice != "auto":
+            parts.append(f"tool_choice {self.tool_choice}")
         return "+".join(parts)
 
 
@@ -195,6 +259,7 @@ class EvalConfig(Section):
                 raise ValueError(f"candidate '{candidate.name}' retrieves passages: set docs (a folder)")
         if self.metrics.label_field and not self.metrics.labels:
             raise ValueError("metrics.label_field needs metrics.labels")
+        self.reply_schema()
         self._check_audits()
         return self
 
@@ -208,6 +273,20 @@ class EvalConfig(Section):
         if (memorization.canaries or self.verdict.max_memorization_rate is not None) and self.train is None:
             raise ValueError("memorization.canaries and verdict.max_memorization_rate need train (the training "
                              "file), or they would go unchecked")
+
+    def reply_schema(self) -> dict | None:
+        """The JSON Schema every candidate's replies are checked against when metrics.json_schema is not set: the
+        one the candidates' response_format asks for (None when none asks for one)."""
+        schemas = {json.dumps(c.response_format.json_schema.json_schema, sort_keys=True)
+                   for c in self.candidates or [] if c.response_format and c.response_format.type == "json_schema"}
+        if len(schemas) > 1 and self.metrics.json_schema is None:
+            raise ValueError("the candidates' response_format asks for different JSON Schemas: set "
+                             "metrics.json_schema to the schema file every reply is scored against")
+        return json.loads(schemas.pop()) if schemas else None
+
+    def asks_json(self) -> bool:
+        """Whether a candidate's response_format asks for JSON, so every candidate's replies are checked for it."""
+        return any(c.response_format and c.response_format.type != "text" for c in self.candidates or [])
 
     def resolved_candidates(self) -> list[CandidateConfig]:
         """The candidates as configured (`finetuned: true` ones take the top-level adapter), or base

@@ -1,4 +1,5 @@
-"""Greedy generation: batched for evaluation (left-padded, grouped by prompt length), single for chat."""
+"""Greedy generation: batched for evaluation (left-padded, grouped by prompt length), single for chat; replies can be
+held to a grammar (JSON, a JSON Schema, tool calls) exactly as `hone serve` holds them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from hone.data.render import render_prompt
+from hone.models.constrained import Constraint, GrammarLogitsProcessor, OutputGrammar, grammar_tokenizer
 from hone.models.generation import stop_token_ids
 
 
@@ -37,18 +39,35 @@ def _until_stop(ids: list[int], stop_ids: tuple[int, ...]) -> list[int]:
     return next((ids[:at] for at, token in enumerate(ids) if token in stop_ids), ids)
 
 
+def grammar_constraints(model, tokenizer, grammars: list[OutputGrammar | None]) -> list[Constraint | None]:
+    """A fresh constraint per reply (None: free text), over the model's whole output vocabulary; the grammar ends
+    a reply with the tokens that stop generation, as in `hone serve`."""
+    if not any(grammars):
+        return [None] * len(grammars)
+    vocab = grammar_tokenizer(tokenizer, model.get_output_embeddings().weight.shape[0],
+                              stop_token_ids(tokenizer, getattr(model, "generation_config", None)))
+    return [None if grammar is None else Constraint(grammar, vocab) for grammar in grammars]
+
+
 def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
-                   streamer=None) -> list[tuple[str, int]]:
+                   streamer=None, grammars: list[OutputGrammar | None] | None = None) -> list[tuple[str, int]]:
     """Greedy replies for prompt token ids in one `generate` call: (stripped text, generated tokens) each.
 
-    Generation stops on the same tokens as in `hone serve` (`stop_token_ids`).
+    Generation stops on the same tokens as in `hone serve` (`stop_token_ids`). With `grammars`, row i's reply is
+    held to grammars[i] (None: free) by the constrained decoding `hone serve` applies (hone.models.constrained).
     """
+    from transformers import LogitsProcessorList
+
     stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
     input_ids, attention_mask = _left_pad(prompts, tokenizer.pad_token_id, model.device)
+    constraints = grammar_constraints(model, tokenizer, grammars or [None] * len(prompts))
+    # Left padding: every row's prompt ends at the same column, where the grammar starts.
+    processors = LogitsProcessorList([GrammarLogitsProcessor(constraints, input_ids.shape[1], stop_ids)]
+                                     if any(constraints) else [])
     with torch.inference_mode():
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                eos_token_id=list(stop_ids), streamer=streamer)
+                                eos_token_id=list(stop_ids), streamer=streamer, logits_processor=processors)
     replies = []
     for row in output[:, input_ids.shape[1]:].tolist():
         new_ids = _until_stop(row, stop_ids)
@@ -57,8 +76,10 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
 
 
 def generate_replies(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16,
-                     label: str = "generating", show_progress: bool = True) -> list[Generation]:
-    """Greedy replies for many prompts, in input order, with a progress bar on stderr.
+                     label: str = "generating", show_progress: bool = True,
+                     grammars: list[OutputGrammar | None] | None = None) -> list[Generation]:
+    """Greedy replies for many prompts, in input order, with a progress bar on stderr; with `grammars`, prompt i's
+    reply is held to grammars[i] (None: free text).
 
     Prompts are sorted by length before batching so little padding is generated over. An example's
     `seconds` is the wall time of the batch it was in: how long that reply took to arrive.
@@ -70,7 +91,8 @@ def generate_replies(model, tokenizer, prompts: list[list[int]], max_new_tokens:
         for start in range(0, len(order), batch_size):
             batch = order[start: start + batch_size]
             began = time.perf_counter()
-            replies = generate_batch(model, tokenizer, [prompts[i] for i in batch], max_new_tokens)
+            replies = generate_batch(model, tokenizer, [prompts[i] for i in batch], max_new_tokens,
+                                     grammars=[grammars[i] for i in batch] if grammars else None)
             seconds = time.perf_counter() - began
             for index, (text, tokens) in zip(batch, replies, strict=True):
                 results[index] = Generation(text=text, tokens=tokens, seconds=seconds)

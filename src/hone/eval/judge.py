@@ -4,6 +4,10 @@ Every candidate's reply is rated against the same criteria, and every candidate 
 compared with it twice, once in each position, so a judge that favours whatever comes first cannot make up
 a win. Answers the judge does not give in the asked JSON shape are retried, then counted as failures; a
 failure is never scored 0.
+
+The shape is also sent as a JSON Schema (`response_format`), so a server with structured outputs can only answer
+in it. An endpoint that turns response_format down (HTTP 400 naming it) is asked again without it, and that client
+(one run) gets the plain prompt from then on; the answer is read the same way either way.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import math
 import sys
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -35,8 +40,20 @@ RETRY_PAUSE_S = 0.5  # first pause after an HTTP or connection error, doubled pe
 SYSTEM_PROMPT = "You are a strict, impartial judge of AI assistant replies. You answer only with JSON."
 RUBRIC_SHAPE = '{"score": <integer 1-5>, "reason": "<one sentence>"}'
 PAIRWISE_SHAPE = '{"winner": "A" | "B" | "tie", "reason": "<one sentence>"}'
+# The same shapes as JSON Schemas, sent as response_format so a server with structured outputs answers in them.
+RUBRIC_SCHEMA = {"type": "object", "properties": {"score": {"type": "integer", "enum": [1, 2, 3, 4, 5]},
+                                                  "reason": {"type": "string"}},
+                 "required": ["score", "reason"], "additionalProperties": False}
+PAIRWISE_SCHEMA = {"type": "object", "properties": {"winner": {"enum": ["A", "B", "tie"]},
+                                                    "reason": {"type": "string"}},
+                   "required": ["winner", "reason"], "additionalProperties": False}
+RUBRIC_FORMAT = {"type": "json_schema",
+                 "json_schema": {"name": "rubric_verdict", "schema": RUBRIC_SCHEMA, "strict": True}}
+PAIRWISE_FORMAT = {"type": "json_schema",
+                   "json_schema": {"name": "pairwise_verdict", "schema": PAIRWISE_SCHEMA, "strict": True}}
 EXCERPT_CHARS = 80
 _DECODER = json.JSONDecoder()
+_PLAIN_ONLY: weakref.WeakSet = weakref.WeakSet()  # clients whose endpoint refused response_format
 
 
 class JudgeConfig(BaseModel):
@@ -169,9 +186,23 @@ def _question(call: _Call, item: JudgeItem, baseline: str, criteria: list[str]) 
     return _pairwise_question(item, item.replies[first], item.replies[second], criteria)
 
 
-def _complete(client: openai.OpenAI, config: JudgeConfig, messages: list[dict]) -> str:
-    response = client.chat.completions.create(model=config.model, messages=messages, temperature=0,
-                                              max_tokens=config.max_tokens)
+def _refuses_format(error: openai.APIStatusError) -> bool:
+    """Whether the endpoint turned the request down because it does not take response_format (or that schema)."""
+    return error.status_code in (400, 422) and "response_format" in f"{error.message} {error.body}"
+
+
+def _complete(client: openai.OpenAI, config: JudgeConfig, messages: list[dict], response_format: dict | None) -> str:
+    """The judge's answer, asked with `response_format` unless this client's endpoint has refused it before."""
+    fields = {"response_format": response_format} if response_format and client not in _PLAIN_ONLY else {}
+    try:
+        response = client.chat.completions.create(model=config.model, messages=messages, temperature=0,
+                                                  max_tokens=config.max_tokens, **fields)
+    except openai.APIStatusError as error:
+        if not fields or not _refuses_format(error):
+            raise
+        _PLAIN_ONLY.add(client)  # asked once per client (one run), then the plain prompt alone
+        response = client.chat.completions.create(model=config.model, messages=messages, temperature=0,
+                                                  max_tokens=config.max_tokens)
     return (response.choices[0].message.content or "") if response.choices else ""
 
 
@@ -192,14 +223,14 @@ def _next_pause(pause: float) -> float:
 
 
 def _ask(client: openai.OpenAI, config: JudgeConfig, question: str, parse: Callable[[str], Any],
-         shape: str) -> _Verdict:
+         shape: str, response_format: dict | None = None) -> _Verdict:
     """One judge request, retried after an HTTP error, or after an unreadable answer with a reminder of `shape`."""
     messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
     error, reached, pause = "", False, 0.0
     for _ in range(config.retries + 1):
         time.sleep(pause)
         try:
-            text = _complete(client, config, messages)
+            text = _complete(client, config, messages, response_format)
         except openai.APIConnectionError as exc:
             error, pause = _connection_error(exc, config), _next_pause(pause)
             continue
@@ -230,8 +261,10 @@ def _run(config: JudgeConfig, items: list[JudgeItem], calls: list[_Call], baseli
          show_progress: bool) -> dict[_Call, _Verdict]:
     """Every call's verdict; stops after the first when the endpoint cannot be reached at all."""
     def ask(call: _Call) -> _Verdict:
-        parse, shape = (parse_score, RUBRIC_SHAPE) if call.kind == "rubric" else (parse_winner, PAIRWISE_SHAPE)
-        return _ask(client, config, _question(call, items[call.index], baseline, config.criteria), parse, shape)
+        parse, shape, answer_format = ((parse_score, RUBRIC_SHAPE, RUBRIC_FORMAT) if call.kind == "rubric"
+                                       else (parse_winner, PAIRWISE_SHAPE, PAIRWISE_FORMAT))
+        return _ask(client, config, _question(call, items[call.index], baseline, config.criteria), parse, shape,
+                    answer_format)
 
     with (make_client(config.url, config.api_key_env, config.timeout_s) as client,
           tqdm(total=len(calls), desc=f"judging with {config.model}", unit="call", file=sys.stderr,
@@ -371,7 +404,8 @@ def rate_reply(client: openai.OpenAI, config: JudgeConfig, prompt: list[dict], r
                reference: str | None = None) -> tuple[int | None, str | None]:
     """One reply's 1-5 rubric score (with the same question and retries as an evaluation), or (None, why not)."""
     item = JudgeItem(prompt, reference, {"reply": reply})
-    verdict = _ask(client, config, _rubric_question(item, reply, config.criteria), parse_score, RUBRIC_SHAPE)
+    verdict = _ask(client, config, _rubric_question(item, reply, config.criteria), parse_score, RUBRIC_SHAPE,
+                   RUBRIC_FORMAT)
     return verdict.value, verdict.error
 
 
@@ -383,7 +417,8 @@ def prefer(client: openai.OpenAI, config: JudgeConfig, prompt: list[dict], first
     outcomes = []
     for swapped in (False, True):
         a, b = (second, first) if swapped else (first, second)
-        verdict = _ask(client, config, _pairwise_question(item, a, b, config.criteria), parse_winner, PAIRWISE_SHAPE)
+        verdict = _ask(client, config, _pairwise_question(item, a, b, config.criteria), parse_winner, PAIRWISE_SHAPE,
+                       PAIRWISE_FORMAT)
         if verdict.value is None:
             return None, verdict.error
         outcomes.append({"tie": "tie", "A": "second" if swapped else "first",

@@ -2,7 +2,8 @@
 
 Each metric is a small pure function returning a fraction in [0, 1] (or None when it does not apply).
 A `Scorer`, built from the eval config, turns them into percentages so per-example scores and
-aggregates share one scale, and adds the configured checks (labels, JSON Schema, style, readability).
+aggregates share one scale, and adds the configured checks (labels, JSON Schema, style, readability) and, on
+test examples with tools, the tool-call scores (`hone.eval.tool_calls`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from statistics import mean
 from typing import Any
 
 from hone.errors import HoneError
+from hone.eval.tool_calls import tool_call_scores
 
 # name: (label in tables, short label, +1 higher is better / -1 lower is better / 0 neither)
 METRIC_INFO = {
@@ -31,6 +33,11 @@ METRIC_INFO = {
     "json_schema": ("matches JSON Schema %", "schema", 1),
     "json_fields": ("JSON fields correct %", "fields", 1),
     "style_pass": ("follows style rules %", "style", 1),
+    "tool_name_accuracy": ("right tools called %", "tools", 1),
+    "tool_arguments_exact": ("tool calls exactly right %", "calls", 1),
+    "tool_argument_accuracy": ("tool arguments right %", "args", 1),
+    "no_call_accuracy": ("calls a tool when it should %", "call?", 1),
+    "tool_call_parse_rate": ("tool calls that parse %", "parse", 1),
     "judge_score": ("judge score (1-5)", "judge", 1),
     "readability_grade": ("reading grade (Flesch-Kincaid)", "grade", 0),
     "perplexity": ("reference perplexity", "ppl", -1),
@@ -39,7 +46,8 @@ METRIC_INFO = {
 }
 METRICS = tuple(METRIC_INFO)
 # Right/wrong metrics: each score is 0 or 100, so McNemar's test applies.
-BINARY_METRICS = ("exact_match", "accuracy", "json_valid", "json_schema", "style_pass")
+BINARY_METRICS = ("exact_match", "accuracy", "json_valid", "json_schema", "style_pass", "tool_name_accuracy",
+                  "tool_arguments_exact", "no_call_accuracy", "tool_call_parse_rate")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
@@ -239,38 +247,61 @@ def load_json_schema(path: Path):
 
 
 class Scorer:
-    """Scores replies with the metrics an eval config asks for; one instance serves every candidate."""
+    """Scores replies with the metrics an eval config asks for; one instance serves every candidate.
 
-    def __init__(self, settings):
+    `reply_schema` is the JSON Schema the candidates' response_format asks for (used when metrics.json_schema is not
+    set); with it, or `asks_json` (a candidate asks for a JSON object), every reply that is not expected to call a
+    tool is scored on JSON validity, whatever its reference, so constrained and free candidates compare pairwise.
+    """
+
+    def __init__(self, settings, reply_schema: dict | None = None, asks_json: bool = False):
         self.settings = settings
         self.ignore = tuple(settings.normalize)
-        self.schema = load_json_schema(settings.json_schema) if settings.json_schema else None
+        if settings.json_schema:
+            self.schema = load_json_schema(settings.json_schema)
+        else:
+            self.schema = json_schema_validator(reply_schema) if reply_schema is not None else None
+        self.asks_json = asks_json or self.schema is not None
 
     def label_of(self, text: str) -> str | None:
         """The label found in a reply or reference (None without a label set)."""
         labels = self.settings.labels
         return find_label(text, labels, self.settings.label_field) if labels else None
 
-    def score(self, prediction: str, reference: str) -> dict[str, float | None]:
-        """Every text metric of one reply, the fractions in percent (0-100)."""
+    def score(self, prediction: str, reference: str,
+              expected_calls: list[tuple[str, dict]] | None = None) -> dict[str, float | None]:
+        """Every text metric of one reply, the fractions in percent (0-100); the tool-call metrics too when
+        `expected_calls` is given (a test example with tools: the calls its answer makes, maybe none)."""
+        wants_json = self.asks_json and not expected_calls
         fractions = {"exact_match": exact_match(prediction, reference, self.ignore),
                      "token_f1": token_f1(prediction, reference),
                      "rouge_l": rouge_l(prediction, reference),
                      "bleu": bleu(prediction, reference),
                      "chrf": chrf(prediction, reference),
                      "accuracy": None,
-                     "json_valid": json_valid(prediction, reference),
-                     "json_schema": json_schema_valid(prediction, self.schema) if self.schema else None,
+                     "json_valid": float(parse_json_document(prediction) is not None) if wants_json
+                     else json_valid(prediction, reference),
+                     "json_schema": json_schema_valid(prediction, self.schema)
+                     if self.schema and not expected_calls else None,
                      "json_fields": json_fields(prediction, reference),
                      "style_pass": (not style_violations(prediction, self.settings.style))
                      if self.settings.style else None}
         if self.settings.labels:
             expected = self.label_of(reference)
             fractions["accuracy"] = None if expected is None else self.label_of(prediction) == expected
+        if expected_calls is not None:
+            fractions |= tool_call_scores(prediction, expected_calls)
         scores: dict[str, Any] = {name: None if value is None else round(100 * float(value), 2)
                                   for name, value in fractions.items()}
         scores["readability_grade"] = reading_grade(prediction) if self.settings.readability else None
         return scores
+
+
+def json_schema_validator(schema: dict):
+    """A jsonschema validator for `schema` (already checked when the config was read)."""
+    import jsonschema
+
+    return jsonschema.validators.validator_for(schema)(schema)
 
 
 def aggregate(scores: list[dict]) -> dict[str, float | None]:

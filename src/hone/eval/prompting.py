@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hone.data.render import render_tool_call, uses_tools
 from hone.errors import HoneError
+from hone.eval.tool_calls import message_calls
 from hone.retrieval.prompt import rag_messages, retrieval_query
 
 # Keys that hold the conversation in one of the chat formats; every other top-level key is metadata.
@@ -28,11 +30,25 @@ FORMAT_KEYS = frozenset({"messages", "conversations", "prompt", "completion", "s
 @dataclass
 class EvalCase:
     """One conversation split into the prompt (all but the last turn) and the reference reply, with the
-    metadata its line carries (region, language, segment ...)."""
+    metadata its line carries (region, language, segment ...).
+
+    A conversation with tools keeps them (`tools`, shown to the model as the chat template or hone's default
+    format lists them) and the calls its answer makes (`expected_calls`: empty when it answers in text; None
+    without tools). Its `reference` is the answer as the model writes it: the text, then each call in hone's
+    default format."""
 
     prompt: list[dict]
     reference: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    tools: list[dict] | None = None
+    parallel_tool_calls: bool | None = None
+    expected_calls: list[tuple[str, dict]] | None = None
+    answer: dict | None = None  # the last assistant turn as in the file (its calls too), for reference perplexity
+
+    @property
+    def answer_turn(self) -> dict:
+        """The reference as an assistant turn: the file's, with its calls, or one made of the reference text."""
+        return self.answer or {"role": "assistant", "content": self.reference}
 
 
 def _jsonl_metadata(text: str) -> dict[int, dict]:
@@ -83,11 +99,23 @@ def load_cases(path: Path, limit: int | None = None, what: str = "test file") ->
             raise HoneError(f"{path}:{example.line}: the {what}'s conversation needs a prompt followed by the "
                             "expected assistant reply",
                             hint="put the user message (and any system message) before the expected reply")
-        cases.append(EvalCase(prompt=[{"role": m["role"], "content": m["content"]} for m in messages[:-1]],
-                              reference=messages[-1]["content"], metadata=metadata.get(example.line, {})))
+        cases.append(_case(example, metadata.get(example.line, {})))
     if not cases:
         raise HoneError(f"{path} holds no conversations", hint=f"give a {what} with at least one example")
     return cases
+
+
+def _case(example, metadata: dict) -> EvalCase:
+    """An Example (hone.data.formats) as prompt and reference, keeping tool calls, call ids and tools."""
+    *prompt, answer = [{key: m[key] for key in ("role", "content", "tool_calls", "tool_call_id") if key in m}
+                       for m in example.messages]
+    if not uses_tools(example.messages, example.tools):
+        return EvalCase(prompt=prompt, reference=answer["content"], metadata=metadata)
+    calls = answer.get("tool_calls") or []
+    reference = "\n".join(([answer["content"]] if answer["content"] else []) + [render_tool_call(c) for c in calls])
+    return EvalCase(prompt=prompt, reference=reference, metadata=metadata, tools=example.tools,
+                    parallel_tool_calls=example.parallel_tool_calls, expected_calls=message_calls(answer),
+                    answer=answer)
 
 
 def _insert_after_system(prompt: list[dict], turns: list[dict]) -> list[dict]:

@@ -9,6 +9,7 @@ import json
 from html import escape
 from pathlib import Path
 
+from hone.data.render import render_tool_call
 from hone.eval import charts
 from hone.eval.metrics import METRIC_INFO, METRICS
 
@@ -232,7 +233,9 @@ def _scores_line(scores: dict) -> str:
 
 
 def _conversation(messages: list[dict]) -> str:
-    return "\n\n".join(f"[{m['role']}] {m['content']}" for m in messages)
+    return "\n\n".join(f"[{m['role']}] " + "\n".join(([m["content"]] if m["content"] else [])
+                                                    + [render_tool_call(c) for c in m.get("tool_calls") or []])
+                       for m in messages)
 
 
 def _example_html(example: dict) -> str:

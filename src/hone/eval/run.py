@@ -4,6 +4,10 @@ compared with the baseline with confidence intervals, judged, checked for forget
 Local candidates share one copy of the base weights: an adapter is merged in for its own pass and
 taken out afterwards, so decoding pays no per-layer LoRA cost and memory holds one model. A full fine-tune
 (a run that wrote a whole model) is loaded beside the base as a model of its own.
+
+Test examples with tools are shown with their tool list and scored on their calls (`hone.eval.tool_calls`); a local
+candidate's reply is held to the grammar `hone serve` would apply to the same request (`reply_grammar`: the tools'
+calls, the candidate's response_format), so eval measures what is served.
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
-from hone.data.render import render_chat, render_prompt
-from hone.errors import HoneError
+from hone.data.render import render_chat, render_prompt, writes_default_tool_calls
+from hone.errors import HoneError, RequestError
 from hone.eval.config import CandidateConfig, EvalConfig, validate_eval_config
 from hone.eval.forgetting import forgetting_summary, score_probes
-from hone.eval.generate import Generation, generate_replies
+from hone.eval.generate import Generation, generate_replies, grammar_constraints
 from hone.eval.memorization import (
     TrainingNgrams,
     canary_prompts,
@@ -35,6 +39,8 @@ from hone.eval.slices import check_slice_fields, slice_report
 from hone.eval.stats import is_binary, mcnemar, paired_bootstrap_ci
 from hone.eval.verdict import decide, primary_metric
 from hone.models import fingerprint, frozen_dtype, load_model, load_tokenizer
+from hone.models.constrained import OutputGrammar
+from hone.models.constrained import reply_grammar as constrained_reply
 from hone.models.finetuned import (
     adapter_fingerprint,
     attach_adapter,
@@ -119,40 +125,67 @@ class LocalModels:
                 self.model.unmerge_adapter()
 
 
-def _reference_examples(tokenizer, prompts: list[list[dict]], references: list[str]):
-    """Each prompt followed by its reference reply, with only the reference's tokens scored."""
+def _reference_examples(tokenizer, prompts: list[list[dict]], cases: list[EvalCase]):
+    """Each prompt followed by its reference reply (with its calls), with only the reference's tokens scored."""
     return [render_chat(tokenizer, [{**m, "weight": 0} if m["role"] == "assistant" else m for m in prompt]
-                        + [{"role": "assistant", "content": reference}])
-            for prompt, reference in zip(prompts, references, strict=True)]
+                        + [case.answer_turn], case.tools)
+            for prompt, case in zip(prompts, cases, strict=True)]
 
 
-def _local_answers(model, tokenizer, candidate: CandidateConfig, prompts: list[list[dict]], references: list[str],
+def reply_grammar(candidate: CandidateConfig, case: EvalCase) -> OutputGrammar | None:
+    """What a local candidate's reply to `case` is held to: the rule `hone serve` applies to a request with the same
+    tools and response_format (`hone.models.constrained.reply_grammar`)."""
+    response_format = candidate.response_format
+    name = response_format.json_schema.name if response_format and response_format.type == "json_schema" else None
+    return constrained_reply(response_format.reply_schema() if response_format else None, name,
+                             case.tools if candidate.constrain_tool_calls else None, candidate.tool_choice,
+                             case.parallel_tool_calls is not False)
+
+
+def _check_grammars(model, tokenizer, candidate: CandidateConfig, grammars: list[OutputGrammar | None]) -> None:
+    """Refuse, before generating, a schema the constrained decoding cannot enforce, naming the config field."""
+    distinct = {grammar.lark: grammar for grammar in grammars if grammar is not None}
+    try:
+        grammar_constraints(model, tokenizer, list(distinct.values()))
+    except RequestError as error:
+        field = "response_format" if candidate.response_format else "the test file's tools"
+        raise HoneError(f"candidate '{candidate.name}': {field}: {error.message.split(': ', 1)[-1]}",
+                        hint="fix the schema" + ("" if candidate.response_format else ", or set "
+                                                 "constrain_tool_calls: false for this candidate")) from None
+
+
+def _local_answers(model, tokenizer, candidate: CandidateConfig, prompts: list[list[dict]], cases: list[EvalCase],
                    settings: EvalConfig, max_new_tokens: int, show_progress: bool) -> dict:
-    ids = [render_prompt(tokenizer, prompt) for prompt in prompts]
+    ids = [render_prompt(tokenizer, prompt, case.tools) for prompt, case in zip(prompts, cases, strict=True)]
+    grammars = [reply_grammar(candidate, case) for case in cases]
+    _check_grammars(model, tokenizer, candidate, grammars)
     replies = generate_replies(model, tokenizer, ids, max_new_tokens, settings.batch_size, candidate.name,
-                               show_progress)
-    perplexities = (example_perplexities(model, _reference_examples(tokenizer, prompts, references),
+                               show_progress, grammars=grammars if any(grammars) else None)
+    perplexities = (example_perplexities(model, _reference_examples(tokenizer, prompts, cases),
                                          tokenizer.pad_token_id) if settings.metrics.perplexity else None)
     return {"replies": replies, "prompt_tokens": [len(x) for x in ids], "perplexities": perplexities,
             "failures": [], "error": None}
 
 
-def _endpoint_answers(candidate: CandidateConfig, prompts: list[list[dict]], tokenizer, max_new_tokens: int,
-                      show_progress: bool) -> dict:
-    from hone.eval.endpoint import endpoint_replies
+def _endpoint_answers(candidate: CandidateConfig, prompts: list[list[dict]], cases: list[EvalCase], tokenizer,
+                      max_new_tokens: int, show_progress: bool) -> dict:
+    from hone.eval.endpoint import endpoint_replies, request_fields
 
+    fields = [request_fields(case.tools, case.parallel_tool_calls, candidate.response_format, candidate.tool_choice)
+              for case in cases]
     replies, failures, error = endpoint_replies(candidate.endpoint, prompts, max_new_tokens, candidate.name,
-                                                show_progress)
+                                                show_progress, fields)
     # Counted with the base tokenizer: the endpoint's own tokenizer is unknown, so this is an estimate.
-    prompt_tokens = [len(render_prompt(tokenizer, p)) if tokenizer else None for p in prompts]
+    prompt_tokens = [len(render_prompt(tokenizer, p, case.tools)) if tokenizer else None
+                     for p, case in zip(prompts, cases, strict=True)]
     return {"replies": replies, "prompt_tokens": prompt_tokens, "perplexities": None, "failures": failures,
             "error": error}
 
 
-def _example_scores(scorer: Scorer, reply: Generation | None, reference: str, perplexity: float | None) -> dict:
+def _example_scores(scorer: Scorer, reply: Generation | None, case: EvalCase, perplexity: float | None) -> dict:
     if reply is None:
         return dict.fromkeys(METRICS)
-    scores = scorer.score(reply.text, reference)
+    scores = dict.fromkeys(METRICS) | scorer.score(reply.text, case.reference, case.expected_calls)
     return scores | {"judge_score": None, "perplexity": None if perplexity is None else round(perplexity, 3),
                      "output_tokens": reply.tokens, "latency_s": round(reply.seconds, 3)}
 
@@ -170,7 +203,7 @@ def _examples(cases: list[EvalCase], prompts: dict[str, list[list[dict]]], answe
                              "prompt_tokens": answer["prompt_tokens"][index],
                              "seconds": None if reply is None else round(reply.seconds, 3),
                              "label": None if reply is None else scorer.label_of(reply.text),
-                             "scores": _example_scores(scorer, reply, case.reference, perplexity)}
+                             "scores": _example_scores(scorer, reply, case, perplexity)}
             if prompts[name][index] != case.prompt:
                 outputs[name]["prompt"] = prompts[name][index]  # what k-shot / RAG added
         examples.append({"index": index, "prompt": case.prompt, "reference": case.reference,
@@ -290,7 +323,6 @@ def _answer_all(settings: EvalConfig, candidates: list[CandidateConfig], cases: 
     of each adapter (when forgetting is measured), and each candidate's replies to the canary prompts."""
     builder = PromptBuilder(train, settings.docs, settings.seed)
     prompts = {c.name: builder.build(c, cases) for c in candidates}
-    references = [case.reference for case in cases]
     canaries = settings.memorization.canaries if settings.memorization.enabled and train else []
     canary_messages = canary_prompts(canaries, settings.memorization.canary_prompts)
     answers, seconds, probes, canary_replies = {}, {}, {}, {}
@@ -300,7 +332,7 @@ def _answer_all(settings: EvalConfig, candidates: list[CandidateConfig], cases: 
             for candidate in group:
                 began = time.perf_counter()
                 answers[candidate.name] = _local_answers(model, local.tokenizer, candidate, prompts[candidate.name],
-                                                         references, settings, new_tokens, show_progress)
+                                                         cases, settings, new_tokens, show_progress)
                 seconds[candidate.name] = time.perf_counter() - began
             if measure_forgetting:
                 key = "base" if adapter is None else group[0].name
@@ -313,7 +345,7 @@ def _answer_all(settings: EvalConfig, candidates: list[CandidateConfig], cases: 
                 canary_replies |= {candidate.name: [r.text for r in replies] for candidate in group}
     for candidate in (c for c in candidates if c.endpoint):
         began = time.perf_counter()
-        answers[candidate.name] = _endpoint_answers(candidate, prompts[candidate.name],
+        answers[candidate.name] = _endpoint_answers(candidate, prompts[candidate.name], cases,
                                                     local.tokenizer if local else None, new_tokens, show_progress)
         seconds[candidate.name] = time.perf_counter() - began
         if canary_messages:
@@ -386,6 +418,16 @@ def _measured_as(probes: dict, local: LocalModels) -> dict[str, str]:
             for candidate, adapter in local.adapters.items()}
 
 
+def _tool_format_warnings(candidates: list[CandidateConfig], cases: list[EvalCase], tokenizer) -> list[str]:
+    """Unconstrained local candidates on tool examples whose chat template writes calls in a format of its own,
+    which the tool-call metrics (hone's default format) would not read."""
+    if tokenizer is None or not any(case.tools for case in cases) or writes_default_tool_calls(tokenizer):
+        return []
+    return [f"{c.name}: the model's chat template writes tool calls in its own format and constrain_tool_calls is "
+            "false, so the tool-call metrics, which read hone's default <tool_call> format, may miss its calls"
+            for c in candidates if c.endpoint is None and not c.constrain_tool_calls]
+
+
 def _failure_warnings(answers: dict[str, dict], examples: int) -> list[str]:
     warnings = []
     for name, answer in answers.items():
@@ -411,7 +453,7 @@ def evaluate(settings: EvalConfig | None = None, *, device: str | None = None, s
     check_slice_fields([case.metadata for case in cases], settings.slices.fields, settings.data)
     train = load_cases(settings.train, what="training file") if settings.train else None
     base, adapters, whole, model_info = _resolve_models(settings, candidates)
-    scorer = Scorer(settings.metrics)
+    scorer = Scorer(settings.metrics, settings.reply_schema(), settings.asks_json())
     local = LocalModels(base, adapters, device, whole) if base else None
     tokenizer = local.tokenizer if local else None
     load_seconds = time.perf_counter() - started
@@ -420,7 +462,7 @@ def evaluate(settings: EvalConfig | None = None, *, device: str | None = None, s
 
     prompts, answers, seconds, probes, canary_replies = _answer_all(settings, candidates, cases, train, local,
                                                                     new_tokens, show_progress)
-    warnings = _failure_warnings(answers, len(cases))
+    warnings = _failure_warnings(answers, len(cases)) + _tool_format_warnings(candidates, cases, tokenizer)
     examples = _examples(cases, prompts, answers, scorer)
     baseline = settings.verdict.baseline if settings.verdict.baseline in names else names[0]
     if baseline != settings.verdict.baseline:

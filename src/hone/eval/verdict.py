@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hone.eval.metrics import METRIC_INFO, parse_json_document
+from hone.eval.tool_calls import reply_calls
 
 SHIP, NOT_WORTH_IT, REGRESSION, INCOMPLETE = "SHIP", "NOT WORTH IT", "REGRESSION", "INCOMPLETE"
 MOST = 0.8  # share of the references that must have a shape for the default metric to follow it
@@ -32,9 +33,11 @@ def default_primary_metric(references: list[str], labels: list[str] | None = Non
     """The verdict's metric when verdict.primary_metric is not set, chosen from the test set's reference answers:
 
     1. metrics.labels is set: label accuracy (`accuracy`);
-    2. at least 80% of the references are JSON objects: per-field JSON accuracy (`json_fields`);
-    3. at least 80% are short answers of at most 5 words (labels, names, numbers): `exact_match`;
-    4. otherwise the references are free text: `rouge_l` (ROUGE-L F), which gives credit for a reply that says
+    2. at least 80% of the references call tools: calls with exactly the right functions and arguments
+       (`tool_arguments_exact`);
+    3. at least 80% of the references are JSON objects: per-field JSON accuracy (`json_fields`);
+    4. at least 80% are short answers of at most 5 words (labels, names, numbers): `exact_match`;
+    5. otherwise the references are free text: `rouge_l` (ROUGE-L F), which gives credit for a reply that says
        the same in slightly other words, where exact match would count nearly every reply wrong.
     """
     if labels:
@@ -42,6 +45,9 @@ def default_primary_metric(references: list[str], labels: list[str] | None = Non
     if not references:
         return MetricChoice("exact_match", "no references to choose from")
     total = len(references)
+    calling = sum(bool(reply_calls(r)[0]) for r in references)
+    if calling >= MOST * total:
+        return MetricChoice("tool_arguments_exact", f"{calling} of {total} references call tools")
     objects = sum(isinstance(parse_json_document(r), dict) for r in references)
     if objects >= MOST * total:
         return MetricChoice("json_fields", f"{objects} of {total} references are JSON objects")

@@ -28,7 +28,7 @@ ANY_OBJECT = {"type": "object"}
 # Free text that never opens a tool call (tool_choice "auto" and "none").
 TEXT_WITHOUT_CALLS = r"TEXT: /(?s:.+)/ & ~/(?s:.*<tool_call>.*)/"
 
-_tokenizers: dict[int, object] = {}
+_tokenizers: dict[tuple, object] = {}
 _tokenizers_lock = threading.Lock()
 
 
@@ -72,6 +72,18 @@ class OutputGrammar:
         return cls("\n".join([start, calls, *rules, reply]), shown)
 
 
+def reply_grammar(reply_schema: dict | None = None, schema_name: str | None = None, tools: list[dict] | None = None,
+                  tool_choice: str | dict = "auto", parallel: bool = True) -> OutputGrammar | None:
+    """The one rule for what a reply is held to, in `hone serve` and `hone eval` alike: with `tools`, calls to them or
+    a reply (JSON matching `reply_schema` when given); else JSON matching `reply_schema` (named `schema_name`; any
+    object when unnamed, for json_object); else nothing (None)."""
+    if tools:
+        return OutputGrammar.tool_calls(tools, tool_choice, parallel, reply_schema)
+    if reply_schema is None:
+        return None
+    return OutputGrammar.json_schema(reply_schema, schema_name) if schema_name else OutputGrammar.json_object()
+
+
 def _call_schema(name: str, function: dict) -> dict:
     """One call's JSON: the function's name, then arguments matching its parameters (any object when it has none)."""
     return {"type": "object", "properties": {"name": {"const": name},
@@ -83,14 +95,15 @@ def _styled(schema: dict) -> str:
     return json.dumps({**schema, "x-guidance": JSON_STYLE})
 
 
-def grammar_tokenizer(tokenizer, vocab_size: int, eos_token_id: int):
-    """llguidance's view of `tokenizer` (built once per tokenizer: ~0.3 s for a 49k vocabulary)."""
+def grammar_tokenizer(tokenizer, vocab_size: int, stop_ids: tuple[int, ...]):
+    """llguidance's view of `tokenizer`, ending a reply with any of `stop_ids` (`stop_token_ids`: the tokens that
+    stop generation everywhere); built once per tokenizer, ~0.3 s for a 49k vocabulary."""
     import llguidance.hf
 
     with _tokenizers_lock:
-        key = id(tokenizer)
+        key = (id(tokenizer), vocab_size, tuple(sorted(stop_ids)))
         if key not in _tokenizers:
-            _tokenizers[key] = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=eos_token_id)
+            _tokenizers[key] = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=list(key[2]))
         return _tokenizers[key]
 
 

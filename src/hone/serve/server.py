@@ -308,7 +308,7 @@ class ModelServer:
         return Prompt(render_prompt(self.tokenizer, rag_messages(messages, passages), tools), passages)
 
     def _grammar_tokenizer(self):
-        return grammar_tokenizer(self.tokenizer, self.vocab_size, min(self.engine.eos_ids))
+        return grammar_tokenizer(self.tokenizer, self.vocab_size, tuple(self.engine.eos_ids))
 
     async def constraints(self, grammar: OutputGrammar, count: int, param: str) -> list[Constraint]:
         """`count` fresh constraints (one per reply) holding replies to `grammar`; a RequestError naming `param`
