@@ -18,6 +18,7 @@ import json
 import threading
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from hone.errors import RequestError
@@ -29,6 +30,7 @@ ANY_OBJECT = {"type": "object"}
 TEXT_WITHOUT_CALLS = r"TEXT: /(?s:.+)/ & ~/(?s:.*<tool_call>.*)/"
 
 _tokenizers: dict[tuple, object] = {}
+_pool = None  # llguidance.LLExecutor, made on first use
 _tokenizers_lock = threading.Lock()
 
 
@@ -127,7 +129,7 @@ class Constraint:
         """The allowed-token bitmask (int32 words, 32 tokens each) for the next token."""
         import llguidance.torch
 
-        bitmask = llguidance.torch.allocate_token_bitmask(1, self.words * 32)
+        bitmask = torch.empty((1, self.words), dtype=torch.int32)
         llguidance.torch.fill_next_token_bitmask(self.matcher, bitmask, 0)
         return bitmask[0]
 
@@ -190,14 +192,36 @@ def _subschemas(node):
 
 def mask_logits(logits: torch.Tensor, constraints: list[tuple[int, Constraint]]) -> None:
     """Set to -inf, in place, every token a row's constraint forbids; `constraints` pairs a row with its
-    constraint (unconstrained rows are left as they are)."""
+    constraint (unconstrained rows are left as they are). The rows' masks are computed in parallel by llguidance
+    and unpacked with numpy: llguidance's own apply kernel is torch.compile'd, seconds of compiling on first use."""
     import llguidance.torch
 
+    rows = [row for row, _ in constraints]
     words = constraints[0][1].words
-    bitmask = torch.full((logits.shape[0], words), -1, dtype=torch.int32)  # all ones: every token allowed
-    for row, constraint in constraints:
-        llguidance.torch.fill_next_token_bitmask(constraint.matcher, bitmask, row)
-    llguidance.torch.apply_token_bitmask_inplace(logits, bitmask.to(logits.device, non_blocking=True))
+    bitmask = torch.empty((len(rows), words), dtype=torch.int32)
+    llguidance.torch.fill_next_token_bitmask_par(_executor(), [(c.matcher, i) for i, (_, c) in enumerate(constraints)],
+                                                 bitmask)
+    bits = np.unpackbits(bitmask.numpy().view(np.uint8), bitorder="little").reshape(len(rows), words * 32)
+    allowed = torch.zeros((len(rows), logits.shape[1]), dtype=torch.bool)  # tokens past the grammar's vocabulary: no
+    width = min(logits.shape[1], words * 32)
+    allowed[:, :width] = torch.from_numpy(bits[:, :width]).bool()
+    forbidden = ~allowed.to(logits.device, non_blocking=True)
+    if len(rows) == logits.shape[0]:
+        logits.masked_fill_(forbidden, float("-inf"))
+    else:
+        index = torch.tensor(rows, device=logits.device)
+        logits[index] = logits[index].masked_fill(forbidden, float("-inf"))
+
+
+def _executor():
+    """llguidance's thread pool for computing several rows' masks at once (one per process)."""
+    global _pool
+    import llguidance
+
+    with _tokenizers_lock:
+        if _pool is None:
+            _pool = llguidance.LLExecutor()
+        return _pool
 
 
 class GrammarLogitsProcessor:
