@@ -322,3 +322,29 @@ def test_the_bundled_model_answers_tools_and_json_schema_that_always_parse(share
                 streamed.setdefault(delta.index, [delta.function.name, ""])[1] += delta.function.arguments or ""
         assert [(name, json.loads(arguments)) for name, arguments in streamed.values()] == \
             [(call.function.name, json.loads(call.function.arguments)) for call in whole.message.tool_calls]
+
+
+@pytest.mark.parametrize(("choice", "parallel", "allowed"), [
+    ("auto", True, ["text then call", "call", "two calls", "text"]),
+    ("required", True, ["call", "two calls"]),
+    ("required", False, ["call"]),
+    ({"type": "function", "function": {"name": "get_weather"}}, True, ["call"]),
+    ("none", True, ["text"]),
+])
+def test_tool_choice_grammars_allow_exactly_their_replies(tiny_model_dir, choice, parallel, allowed):
+    from hone.models import load_tokenizer
+    from hone.models.constrained import Constraint, OutputGrammar, grammar_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    vocab = grammar_tokenizer(tokenizer, len(tokenizer), (tokenizer.eos_token_id,))
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n</tool_call>'
+    replies = {"text then call": f"Let me check.\n{call}", "call": call, "two calls": f"{call}\n{call}",
+               "text": "It is sunny."}
+    grammar = OutputGrammar.tool_calls(TOOLS, choice, parallel)
+    accepted = []
+    for name, text in replies.items():
+        constraint = Constraint(grammar, vocab)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if all(constraint.accept(token) for token in ids) and constraint.matcher.is_accepting():
+            accepted.append(name)
+    assert accepted == allowed

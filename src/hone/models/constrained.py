@@ -54,24 +54,29 @@ class OutputGrammar:
     @classmethod
     def tool_calls(cls, tools: list[dict], choice: str | dict = "auto", parallel: bool = True,
                    reply_schema: dict | None = None) -> OutputGrammar:
-        """Calls to `tools` (OpenAI form) in hone's format, as `choice` allows: "auto" (a reply or calls), "none" (a
-        reply), "required" (calls), or {"type": "function", "function": {"name": ...}} (one call of that function).
-        The reply is free text that never opens a call, or JSON matching `reply_schema` when one is given."""
+        """Calls to `tools` (OpenAI form) in hone's format, as `choice` allows: "auto" (a reply, or calls after
+        some text or none), "none" (a reply), "required" (calls), or {"type": "function", "function": {"name":
+        ...}} (one call of that function). The reply is free text that never opens a call, or JSON matching
+        `reply_schema` when one is given (then calls come without text before them)."""
         functions = {tool["function"]["name"]: tool["function"] for tool in tools}
         named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
         if named is not None:
             functions = {named: functions[named]}
-        rules = ["call: \"<tool_call>\\n\" body \"\\n</tool_call>\"",
+        # `opened` is a call after its "<tool_call>": text before calls ends exactly where the tag begins
+        one = "\"\\n\" body \"\\n</tool_call>\""
+        rules = [f"opened: {one}" + (f" (\"\\n<tool_call>\" {one})*" if parallel and named is None else ""),
+                 "calls: \"<tool_call>\" opened",
                  "body: " + " | ".join(f"f{i}" for i in range(len(functions)))]
         rules += [f"f{i}: %json {_styled(_call_schema(name, function))}"
                   for i, (name, function) in enumerate(functions.items())]
-        calls = "calls: call (\"\\n\" call)*" if parallel and named is None else "calls: call"
-        reply = f"reply: %json {_styled(reply_schema)}" if reply_schema is not None else TEXT_WITHOUT_CALLS
-        reply_rule = "reply" if reply_schema is not None else "TEXT"
+        if reply_schema is not None:
+            reply, starts = [f"reply: %json {_styled(reply_schema)}"], {"none": "reply", "auto": "reply | calls"}
+        else:
+            reply = [TEXT_WITHOUT_CALLS, 'lead[stop="<tool_call>"]: /(?s:.*)/']
+            starts = {"none": "TEXT", "auto": "TEXT | calls | lead opened"}
         mode = choice if isinstance(choice, str) else "named"
-        start = {"none": f"start: {reply_rule}", "auto": f"start: {reply_rule} | calls"}.get(mode, "start: calls")
         shown = "a reply" if choice == "none" else f"calls to {', '.join(functions)}"
-        return cls("\n".join([start, calls, *rules, reply]), shown)
+        return cls("\n".join([f"start: {starts.get(mode, 'calls')}", *rules, *reply]), shown)
 
 
 def reply_grammar(reply_schema: dict | None = None, schema_name: str | None = None, tools: list[dict] | None = None,
