@@ -162,7 +162,7 @@ async def _respond(server: ModelServer, request: Request, slot: Slot, body: Gene
 
     if not body.stream:
         try:
-            replies = await asyncio.gather(*(generation.collect() for generation in generations))
+            replies = await _collect_all(generations)
         finally:
             slot.release()
         if any(reply.finish_reason is None for reply in replies):
@@ -184,6 +184,17 @@ async def _respond(server: ModelServer, request: Request, slot: Slot, body: Gene
     return StreamingResponse(_stream(server, generations, slot, writer, body, response_id, prompt.passages,
                                      project, route, started, shadow),
                              media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _collect_all(generations: list[Generation]) -> list[Reply]:
+    """Every choice's whole reply; when one fails, the others are cancelled (their batch slots freed) too."""
+    tasks = [asyncio.ensure_future(generation.collect()) for generation in generations]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
 
 
 def _chat_choice(server: ModelServer, body: ChatCompletionRequest, index: int, reply: Reply) -> ChatChoice:
