@@ -9,6 +9,8 @@ generates exactly `--max-tokens` tokens (`ignore_eos`, and `min_new_tokens` for 
 the same work. Then the per-token latency of a lone adapter request against a lone base request on the
 server. Then the ablation: the per-token latency of one long adapter reply with every speed switch on, and
 on a second server with one switch off at a time. Prints one JSON line.
+
+`--device cuda` runs the server and the anchor on the first GPU (no thread probing there); the default is the CPU.
 """
 
 from __future__ import annotations
@@ -84,12 +86,13 @@ def workload(sizes: Sizes) -> list[tuple[int, str, list[dict]]]:
 class OneAtATime:
     """The anchor: each request alone through `generate` on a PeftModel holding all four adapters."""
 
-    def __init__(self, runs: dict[str, Path], max_tokens: int):
+    def __init__(self, runs: dict[str, Path], max_tokens: int, device: str):
         from hone.models import frozen_dtype, load_model, load_tokenizer
         from hone.models.finetuned import attach_adapter
 
         self.tokenizer = load_tokenizer(MODEL)
-        model = load_model(MODEL, dtype=frozen_dtype("cpu"))
+        self.device = device
+        model = load_model(MODEL, dtype=frozen_dtype(device), device=device)
         for name, run in runs.items():
             model = attach_adapter(model, run / "adapter", MODEL, name=name)
         self.model = model.eval()
@@ -116,7 +119,7 @@ class OneAtATime:
             for index in indices:
                 _, adapter, messages = jobs[index]
                 self.model.set_adapter(adapter)
-                ids = torch.tensor([render_prompt(self.tokenizer, messages)])
+                ids = torch.tensor([render_prompt(self.tokenizer, messages)], device=self.device)
                 out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                           max_new_tokens=self.max_tokens, min_new_tokens=self.max_tokens,
                                           pad_token_id=self.tokenizer.pad_token_id)
@@ -225,20 +228,36 @@ async def long_reply_latency(url: str, tokens: int) -> float:
     return round(statistics.median(samples) * 1000, 2)
 
 
-def write_config(folder: Path, runs: dict[str, Path], sizes: Sizes, threads: int | None, off: str | None) -> Path:
-    """A serve.yaml for the adapters `runs`, with every speed switch on except `off`."""
+def write_config(folder: Path, runs: dict[str, Path], sizes: Sizes, threads: int | None, device: str,
+                 off: str | None) -> Path:
+    """A serve.yaml for the adapters `runs` on `device`, with every speed switch on except `off`."""
     config = folder / f"serve-{off or 'all-on'}.yaml"
     config.write_text(yaml.safe_dump({
         "base": MODEL, "adapters": {name: str(run) for name, run in runs.items()}, "max_batch": sizes.clients,
-        "max_adapters": len(ADAPTERS), "threads": threads, "database": f"sqlite:///{folder / 'hone.db'}",
+        "max_adapters": len(ADAPTERS), "threads": threads, "device": device,
+        "database": f"sqlite:///{folder / 'hone.db'}",
         **({off: False} if off else {})}))
     return config
+
+
+def check_device(device: str) -> None:
+    """Stop before any work when CUDA is asked for where there is none."""
+    from hone.errors import HoneError
+    from hone.models.loading import resolve_device
+
+    try:
+        resolve_device(device, "--device")
+    except HoneError as error:
+        raise SystemExit(f"{error.message}: run it on a GPU machine with a CUDA build of torch, or with "
+                         "--device cpu") from None
 
 
 def main() -> None:
     from hone.models import frozen_dtype
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="Where the server and the anchor run (cuda: the first GPU).")
     parser.add_argument("--server-threads", type=int, default=None,
                         help="CPU threads of `hone serve` (default: PyTorch's choice, as a user gets it)")
     defaults = Sizes()
@@ -248,17 +267,18 @@ def main() -> None:
     parser.add_argument("--ablation-tokens", type=int, default=defaults.ablation_tokens,
                         help="Tokens of the ablation's long reply (0: no ablation).")
     args = parser.parse_args()
+    check_device(args.device)
     sizes = Sizes(args.clients, args.requests_per_client, args.max_tokens, args.ablation_tokens)
     jobs = workload(sizes)
     half = len(jobs) // 2
     with tempfile.TemporaryDirectory(prefix="hone-serve-bench-") as folder:
         runs = make_adapters(Path(folder))
-        config = write_config(Path(folder), runs, sizes, args.server_threads, off=None)
-        anchor = OneAtATime(runs, sizes.max_tokens)
-        anchor_threads = anchor.fastest_threads(jobs)
+        config = write_config(Path(folder), runs, sizes, args.server_threads, args.device, off=None)
+        anchor = OneAtATime(runs, sizes.max_tokens, args.device)
+        anchor_threads = anchor.fastest_threads(jobs) if args.device == "cpu" else None
         # The anchor's two halves bracket hone's run, so a change in the machine's load hits both alike.
-        print(f"anchor, first half: one request at a time with transformers generate, {anchor_threads} thread(s)",
-              file=sys.stderr)
+        print(f"anchor, first half: one request at a time with transformers generate on {args.device}"
+              + (f", {anchor_threads} thread(s)" if anchor_threads else ""), file=sys.stderr)
         anchor.serve(jobs, list(range(half)))
         with Served(config) as url:
             asyncio.run(per_token_latency(url, ADAPTERS[1], sizes.max_tokens))  # warm-up: adapter load, forwards
@@ -273,15 +293,17 @@ def main() -> None:
         anchor.serve(jobs, list(range(half, len(jobs))))
         for switch in SWITCHES if sizes.ablation_tokens else []:
             print(f"ablation: {switch} off ...", file=sys.stderr)
-            with Served(write_config(Path(folder), runs, sizes, args.server_threads, off=switch)) as url:
+            with Served(write_config(Path(folder), runs, sizes, args.server_threads, args.device, off=switch)) as url:
                 asyncio.run(per_token_latency(url, ADAPTERS[0], sizes.max_tokens))  # warm-up
                 ablation[f"{switch}_off"] = asyncio.run(long_reply_latency(url, sizes.ablation_tokens))
     anchor = anchor.result()
     same = sum(a == b for a, b in zip(anchor.pop("texts"), served.pop("texts"), strict=True))
     overhead = latency["adapter"] / latency["base"] - 1
+    gpu = {"gpu": torch.cuda.get_device_name(0)} if args.device == "cuda" else {}
     print(json.dumps({
-        "benchmark": "serve_throughput", "model": MODEL, "adapters": len(ADAPTERS), "clients": sizes.clients,
-        "requests": len(jobs), "max_tokens": sizes.max_tokens, "dtype": str(frozen_dtype("cpu")),
+        "benchmark": "serve_throughput", "model": MODEL, "device": args.device, **gpu, "adapters": len(ADAPTERS),
+        "clients": sizes.clients, "requests": len(jobs), "max_tokens": sizes.max_tokens,
+        "dtype": str(frozen_dtype(args.device)),
         "anchor_threads": anchor_threads, "server_threads": args.server_threads or "pytorch default",
         "anchor_one_at_a_time": anchor, "hone_concurrent": served,
         "speedup": round(served["tokens_per_s"] / anchor["tokens_per_s"], 2), "target_speedup": 6.0,

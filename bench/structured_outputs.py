@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_throughput import MODEL, Served  # noqa: E402  (the same server process as the serving benchmark)
+from serve_throughput import MODEL, Served, check_device  # noqa: E402  (the serving benchmark's server)
 
 SCHEMA = {"type": "object", "properties": {
     "name": {"type": "string", "maxLength": 40}, "city": {"type": "string", "maxLength": 40},
@@ -124,12 +124,14 @@ def main() -> None:
     parser.add_argument("--quality-requests", type=int, default=40, help="Requests for the valid-JSON share.")
     parser.add_argument("--pairs", type=int, default=3, help="Alternating constrained/anchor pairs.")
     parser.add_argument("--server-threads", type=int, default=None)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="Where the server runs.")
     args = parser.parse_args()
+    check_device(args.device)
     tasks = extraction_tasks(max(args.requests, args.quality_requests))
     with tempfile.TemporaryDirectory() as folder:
         config = Path(folder) / "serve.yaml"
         config.write_text(yaml.safe_dump({"base": MODEL, "max_batch": args.clients, "threads": args.server_threads,
-                                          "database": f"sqlite:///{Path(folder) / 'hone.db'}"}))
+                                          "device": args.device, "database": f"sqlite:///{Path(folder) / 'hone.db'}"}))
         with Served(config) as url:
             asyncio.run(throughput(url, tasks[:args.clients], args.clients, True, 96))  # warm-up: grammar tokenizer
             pairs = []
@@ -141,7 +143,7 @@ def main() -> None:
             cost, constrained, anchor = sorted(pairs, key=lambda pair: pair[0])[len(pairs) // 2]
             with_schema = asyncio.run(validity(url, tasks[:args.quality_requests], True))
             without = asyncio.run(validity(url, tasks[:args.quality_requests], False))
-    print(json.dumps({"bench": "structured_outputs", "model": MODEL, "clients": args.clients,
+    print(json.dumps({"bench": "structured_outputs", "model": MODEL, "device": args.device, "clients": args.clients,
                       "constrained": constrained, "unconstrained_anchor": anchor,
                       "constraint_cost": round(cost, 3), "pair_costs": [round(pair[0], 3) for pair in pairs],
                       "target_cost": 0.10, "meets_target": cost <= 0.10,

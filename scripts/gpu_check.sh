@@ -61,15 +61,19 @@ PYTHON
 [ "$tests" = 0 ] || failed=1
 
 # Benchmarks print one JSON line on stdout each. --device cuda is passed where the script takes it; without it
-# the script picks its devices itself (the README's "GPU check" says which parts then run on the CPU).
-for bench in bench/train_throughput.py bench/serve_throughput.py; do
+# the script picks its devices itself (the README's "GPU check" says which parts then run on the CPU). The training
+# benchmark runs twice: on the bundled SmolLM2-135M and on a ~1B Llama with random weights.
+for run in "bench/train_throughput.py" "bench/train_throughput.py --model random-1b" "bench/serve_throughput.py" \
+           "bench/structured_outputs.py"; do
+    read -r -a command <<<"$run"
+    bench=${command[0]}
     device=()
     if "$PY" "$bench" --help 2>/dev/null | grep -q -- "--device"; then
         device=(--device cuda)
     fi
-    echo "gpu-check: $bench ${device[*]}" >&2
-    if ! "$PY" "$bench" "${device[@]}" >>"$RESULTS"; then
-        echo "{\"check\": \"$bench\", \"failed\": true}" >>"$RESULTS"
+    echo "gpu-check: $run ${device[*]}" >&2
+    if ! "$PY" "${command[@]}" "${device[@]}" >>"$RESULTS"; then
+        echo "{\"check\": \"$run\", \"failed\": true}" >>"$RESULTS"
         failed=1
     fi
 done
