@@ -40,12 +40,14 @@ RETRY_PAUSE_S = 0.5  # first pause after an HTTP or connection error, doubled pe
 SYSTEM_PROMPT = "You are a strict, impartial judge of AI assistant replies. You answer only with JSON."
 RUBRIC_SHAPE = '{"score": <integer 1-5>, "reason": "<one sentence>"}'
 PAIRWISE_SHAPE = '{"winner": "A" | "B" | "tie", "reason": "<one sentence>"}'
-# The same shapes as JSON Schemas, sent as response_format so a server with structured outputs answers in them.
+# The same shapes as JSON Schemas, sent as response_format so a server with structured outputs answers in them; the
+# reason is bounded so that a rambling judge still closes its JSON well within max_tokens.
+REASON = {"type": "string", "maxLength": 120}  # characters: under 150 tokens at worst
 RUBRIC_SCHEMA = {"type": "object", "properties": {"score": {"type": "integer", "enum": [1, 2, 3, 4, 5]},
-                                                  "reason": {"type": "string"}},
+                                                  "reason": REASON},
                  "required": ["score", "reason"], "additionalProperties": False}
 PAIRWISE_SCHEMA = {"type": "object", "properties": {"winner": {"enum": ["A", "B", "tie"]},
-                                                    "reason": {"type": "string"}},
+                                                    "reason": REASON},
                    "required": ["winner", "reason"], "additionalProperties": False}
 RUBRIC_FORMAT = {"type": "json_schema",
                  "json_schema": {"name": "rubric_verdict", "schema": RUBRIC_SCHEMA, "strict": True}}
