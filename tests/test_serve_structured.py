@@ -248,6 +248,8 @@ def test_n_choices_whole_and_streamed(server):
      "response_format.json_schema.schema", "leads back to itself"),
     ({"response_format": person_format({"type": "integer", "minimum": 5, "maximum": 2})}, "response_format",
      "invalid"),
+    ({"response_format": person_format({"$ref": "file:///etc/passwd"})}, "response_format",
+     "does not fetch"),  # a $ref is never read from the server's disk or the network
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "delete_all"}}}, "body",
      "not in tools"),
     ({"tool_choice": "required"}, "body", "only allowed when tools"),
