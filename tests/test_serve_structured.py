@@ -13,9 +13,8 @@ import httpx
 import jsonschema
 import openai
 import pytest
-import torch
 from conftest import build_tiny_model, serve_app
-from test_serve import client, config, make_adapter
+from test_serve import client, config, make_adapter, restore_threads  # noqa: F401  (its autouse fixture)
 
 from hone.api.app import create_app
 
@@ -36,13 +35,6 @@ REFUND = {"type": "function", "function": {"name": "refund", "parameters": {
 TOOLS = [WEATHER, REFUND]
 SCHEMAS = {"get_weather": WEATHER["function"]["parameters"], "refund": REFUND["function"]["parameters"]}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -38,13 +38,13 @@ from hone.api.protocol import (
     Usage,
     new_id,
 )
+from hone.data.render import Call, ToolCallStream, parse_tool_calls
 from hone.errors import RequestError
 from hone.monitor.canary import conversation_key
 from hone.monitor.capture import Served
 from hone.serve.engine import Event, SamplingParams, TokenLogprobs
 from hone.serve.limits import Slot
 from hone.serve.server import Generation, ModelServer, Prompt, Reply, Route
-from hone.serve.toolcalls import Call, ToolCallStream
 
 router = APIRouter(tags=["inference"])
 GENERATION_ERRORS = error_responses(400, 404, 413, 429, 504)
@@ -201,11 +201,10 @@ def _chat_choice(server: ModelServer, body: ChatCompletionRequest, index: int, r
     """One whole chat reply in OpenAI's shape: its text, its tool calls read out of it, its logprobs."""
     content, calls, finish_reason = reply.text, None, reply.finish_reason
     if body.calls_tools():
-        reader = ToolCallStream()
-        parts = reader.feed(reply.text) + reader.finish()
-        calls = [ToolCall(id=new_id("call"), function=CalledFunction(name=p.name, arguments=p.arguments))
-                 for p in parts if isinstance(p, Call)] or None
-        content = "".join(p for p in parts if isinstance(p, str)).strip() or (None if calls else "")
+        content, found = parse_tool_calls(reply.text)
+        calls = [ToolCall(id=new_id("call"), function=CalledFunction(name=name, arguments=arguments))
+                 for name, arguments in found] or None
+        content = content or (None if calls else "")
         finish_reason = "tool_calls" if calls and finish_reason == "stop" else finish_reason
     logprobs = _logprobs(server, reply.logprobs) if body.logprobs else None
     return ChatChoice(index=index, message=AssistantMessage(content=content, tool_calls=calls), logprobs=logprobs,
