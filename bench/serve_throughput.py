@@ -34,7 +34,8 @@ import yaml
 MODEL = "smollm2-135m-instruct"
 ADAPTERS = [f"specialist-{i}" for i in range(4)]
 LATENCY_REPEATS = 3
-SWITCHES = ["incremental_detokenize"]  # the server's speed switches (ServeConfig keys), each on by default
+# the server's speed switches (ServeConfig keys), each on by default
+SWITCHES = ["incremental_detokenize", "merge_single_adapter"]
 QUESTIONS = [
     "My order arrived damaged. What should I do?", "How do I reset my password?",
     "Can I change the delivery address after paying?", "Why was my card charged twice?",

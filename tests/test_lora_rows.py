@@ -9,6 +9,7 @@ import torch
 
 from hone.errors import HoneError
 from hone.models import load_model
+from hone.serve import adapters as adapters_module
 from hone.serve.adapters import AdapterSource, LoadedAdapters
 
 ROWS = [None, "wide", "narrow", "wide", "rslora", None]
@@ -110,4 +111,55 @@ def test_an_adapter_that_cannot_be_batched_is_refused_and_leaves_the_others(tiny
     assert "hone export" in refused.value.hint and loaded.names == ["narrow"]
     torch.testing.assert_close(served_logits(loaded, ["narrow", None], inputs),
                                reference_logits(tiny_model_dir, sources, ["narrow", None], inputs),
+                               rtol=1e-5, atol=1e-5)
+
+
+def settle(loaded: LoadedAdapters, rows: list[str | None], inputs) -> torch.Tensor:
+    """The logits of `rows` after they have run together for long enough to merge a lone adapter."""
+    for _ in range(adapters_module.MERGE_AFTER_STEPS - 1):
+        served_logits(loaded, rows, inputs)
+    return served_logits(loaded, rows, inputs)
+
+
+def test_a_lone_adapter_is_merged_and_gives_the_same_logits(tiny_model_dir, sources):
+    loaded = LoadedAdapters(load_model(str(tiny_model_dir)).eval(), str(tiny_model_dir), capacity=4)
+    with torch.inference_mode():
+        for name in ["wide", "narrow", "dora"]:
+            loaded.ensure(sources[name], set())
+    inputs = batch(3)
+    for name in ["dora", "wide"]:
+        rows = [name] * 3
+        torch.testing.assert_close(settle(loaded, rows, inputs),
+                                   reference_logits(tiny_model_dir, sources, rows, inputs), rtol=1e-5, atol=1e-5)
+        assert loaded.merged == name  # the next lone adapter replaces the one merged before
+    mixed = ["wide", None, "narrow"]
+    torch.testing.assert_close(settle(loaded, mixed, inputs),
+                               reference_logits(tiny_model_dir, sources, mixed, inputs), rtol=1e-5, atol=1e-5)
+    assert loaded.merged == "wide"  # a mixed batch leaves the merged copy for the adapter's next lone stretch
+    with torch.inference_mode():
+        loaded.unload("wide")
+    assert loaded.merged is None
+    assert all(layer.merged is None for layer in loaded._layers.values())
+    torch.testing.assert_close(served_logits(loaded, ["narrow"] * 3, inputs),
+                               reference_logits(tiny_model_dir, sources, ["narrow"] * 3, inputs),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_no_merge_when_switched_off_or_short_of_memory(tiny_model_dir, sources, monkeypatch, caplog):
+    inputs = batch(2)
+    switched_off = LoadedAdapters(load_model(str(tiny_model_dir)).eval(), str(tiny_model_dir), capacity=2,
+                                  merge_single_adapter=False)
+    with torch.inference_mode():
+        switched_off.ensure(sources["wide"], set())
+    settle(switched_off, ["wide"] * 2, inputs)
+    assert switched_off.merged is None
+
+    loaded = LoadedAdapters(load_model(str(tiny_model_dir)).eval(), str(tiny_model_dir), capacity=2)
+    with torch.inference_mode():
+        loaded.ensure(sources["wide"], set())
+    monkeypatch.setattr(adapters_module, "available_memory", lambda device: 1024)
+    with caplog.at_level("INFO", logger="hone.serve"):
+        logits = settle(loaded, ["wide"] * 2, inputs)
+    assert loaded.merged is None and "stays unmerged" in caplog.text
+    torch.testing.assert_close(logits, reference_logits(tiny_model_dir, sources, ["wide"] * 2, inputs),
                                rtol=1e-5, atol=1e-5)

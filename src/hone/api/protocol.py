@@ -484,6 +484,8 @@ class Health(BaseModel):
     steps: int = Field(description="Engine steps since start.")
     tokens_generated: int
     adapters_loaded: list[str] = Field(description="Adapters in memory, least recently used first.")
+    adapter_merged: str | None = Field(description="The adapter merged into a copy of the base weights, used "
+                                       "while it has every running request (merge_single_adapter).")
     max_batch: int
 
 

@@ -2,6 +2,7 @@
 
 from hone.models.catalog import CATALOG, ModelSource, resolve
 from hone.models.loading import (
+    available_memory,
     bf16_is_fast,
     check_precision,
     fingerprint,
@@ -14,6 +15,7 @@ from hone.models.loading import (
 )
 
 __all__ = [
+    "available_memory",
     "CATALOG",
     "ModelSource",
     "resolve",

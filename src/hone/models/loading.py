@@ -167,6 +167,16 @@ def resolve_device(setting: str, name: str, local_rank: int = 0) -> str:
     return f"cuda:{index}"
 
 
+def available_memory(device: str = "cpu") -> int:
+    """Bytes free on `device` for new work: free memory of that GPU on CUDA (what this process can still take),
+    else the system's available memory."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
 def check_precision(device: str, precision: str, name: str = "training.precision") -> None:
     """Refuse a precision the device cannot run: bf16 on a GPU without it (e.g. a T4 or V100)."""
     if precision in ("bf16", "bfloat16") and device.startswith("cuda") and not bf16_is_fast(device):

@@ -8,6 +8,7 @@ PEFT model the first time a request needs them, and evicted least-recently-used 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hone.errors import HoneError
+from hone.models import available_memory
 from hone.models.finetuned import ADAPTER_FILES, attach_adapter
 from hone.serve.lora_rows import RowAdapters, RowLoraLayer, SharedInput, unsupported
 from hone.settings import read_yaml_mapping
@@ -24,6 +26,10 @@ from hone.settings import read_yaml_mapping
 PATH_REFUSED = ("lora_path is not an adapter this server may load: give a run directory or adapter folder under "
                 "the server's adapter_roots")
 NO_ROOTS = "this server loads no adapters from a request's lora_path: add `adapter_roots` to serve.yaml"
+# Forwards in a row in which one adapter has every row before it is merged: a lone short reply is not worth a
+# merge, and batches that change adapters every few steps do not merge and unmerge back and forth.
+MERGE_AFTER_STEPS = 8
+log = logging.getLogger("hone.serve")
 
 
 class OtherBase(HoneError):
@@ -188,16 +194,20 @@ class LoadedAdapters:
     """The adapters inside the shared PEFT model, least recently used first; engine thread only.
 
     PEFT loads and removes the adapters' weights; `hone.serve.lora_rows` computes them, each batch row
-    with its own adapter.
+    with its own adapter. With `merge_single_adapter`, an adapter that has had every row for MERGE_AFTER_STEPS
+    forwards is merged into a copy of the weights it changes (one adapter at a time, and only while the copy
+    takes at most half the device's free memory), and its rows then cost what base rows cost.
     """
 
-    def __init__(self, model, base: str, capacity: int):
+    def __init__(self, model, base: str, capacity: int, merge_single_adapter: bool = True):
         self.model = model  # the plain base until the first adapter arrives, then a PeftModel
         self.base = base
         self.capacity = capacity
+        self.merge_single_adapter = merge_single_adapter
         self._order: OrderedDict[str, Path] = OrderedDict()
         self.rows = RowAdapters()
         self._layers: dict[int, RowLoraLayer] = {}  # by id of the PEFT LoRA layer
+        self._streak: tuple[str | None, int] = (None, 0)  # the adapter that had every row, for how many forwards
 
     @property
     def names(self) -> list[str]:
@@ -211,6 +221,43 @@ class LoadedAdapters:
         for name in set(adapters) - {None}:
             self.touch(name)
         self.rows.set(adapters)
+        if self.merge_single_adapter:
+            self._merge_when_settled()
+
+    @property
+    def merged(self) -> str | None:
+        """The adapter merged into copies of the base weights, if any."""
+        return self.rows.merged
+
+    def _merge_when_settled(self) -> None:
+        single = self.rows.single
+        last, steps = self._streak
+        self._streak = (single, steps + 1 if single == last else 1)
+        # Exactly at the threshold: a merge refused for want of memory is tried again only after a new streak.
+        if single is not None and single != self.rows.merged and self._streak[1] == MERGE_AFTER_STEPS:
+            self.merge(single)
+
+    def merge(self, name: str) -> bool:
+        """Merge adapter `name` into copies of the base weights it changes, replacing any merged before;
+        False when the copies would take more than half the device's free memory."""
+        layers = [layer for layer in self._layers.values() if layer.mergeable(name)]
+        size = sum(layer.layer.base_layer.weight.nbytes for layer in layers)
+        self.unmerge()
+        free = available_memory(str(next(self.model.parameters()).device))
+        if 2 * size > free:
+            log.info("adapter %s stays unmerged: a merged copy of the %d MiB of weights it changes needs twice "
+                     "that free (%d MiB free)", name, size >> 20, free >> 20)
+            return False
+        for layer in layers:
+            layer.merge(name)
+        self.rows.set_merged(name)
+        return True
+
+    def unmerge(self) -> None:
+        """Free the merged weight copies; every adapter is computed row by row again."""
+        for layer in self._layers.values():
+            layer.merged = None
+        self.rows.set_merged(None)
 
     def ensure(self, source: AdapterSource, in_use: set[str]) -> bool:
         """Load `source` if it is not in memory, evicting the least recently used idle adapter to make room;
@@ -242,6 +289,8 @@ class LoadedAdapters:
         """Remove adapter `name`'s weights from the model (no-op when it is not loaded)."""
         if self._order.pop(name, None) is None:
             return
+        if name == self.rows.merged:
+            self.unmerge()
         if not self._order:
             self.model = self.model.unload()  # the last one: back to the plain base, no LoRA layers left
             self._layers.clear()

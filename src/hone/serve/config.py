@@ -85,6 +85,12 @@ class ServeConfig(Section):
     threads: int | None = Field(None, ge=1, description="CPU threads for the model; default: PyTorch's choice.")
     incremental_detokenize: bool = Field(True, description="Decode each generated token once (speed switch); "
                                          "false decodes the whole reply again at every token.")
+    merge_single_adapter: bool = Field(True, description="While every running request uses one adapter (always "
+                                       "so for a lone request), decode with a copy of the weights it changes with "
+                                       "the adapter merged in, so it costs what the base costs per token (speed "
+                                       "switch). The copy is kept only while it takes at most half the free "
+                                       "memory; merged weights are rounded to the base dtype, as `hone export "
+                                       "--merge` rounds them, so a reply can differ at a near tie.")
     database: str | None = Field(None, description="SQLAlchemy URL for API keys and capture; default SQLite.")
     capture_fine_tuned: bool = Field(True, description="Capture (PII masked) every request to a registered "
                                      "fine-tuned model or MODEL@ALIAS: the monitor, drift and the retraining loop "

@@ -105,6 +105,7 @@ class EngineStats:
     steps: int
     tokens_generated: int
     adapters_loaded: list[str]
+    adapter_merged: str | None
     max_batch: int
 
 
@@ -213,6 +214,7 @@ class Engine:
     def stats(self) -> EngineStats:
         return EngineStats(running=len(self.running.rows), waiting=len(self.waiting), steps=self.steps,
                            tokens_generated=self.tokens_out, adapters_loaded=self.loaded.names,
+                           adapter_merged=self.loaded.merged,
                            max_batch=self.max_batch)
 
     # ---- engine thread ----

@@ -12,6 +12,10 @@ also scales its output by the adapter's magnitude over the column norm of W + BA
 are frozen, so computed when the adapter loads): `output = s * (base(x) - bias + lora) + bias`.
 PEFT's own mixed-adapter path gathers, multiplies and scatters per adapter per layer, refuses DoRA, and
 checks its arguments on every call; on a CPU those small steps cost more than the matmuls.
+
+While one adapter has every row (always so at batch 1), a layer can instead hold a copy of its base weight with
+that adapter merged in, `W + scaling * B @ A` (times the DoRA scale), and do one matmul like the base: the
+adapter then costs nothing per token. `LoadedAdapters` decides when (see `merge_single_adapter`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class RowAdapters:
         self.adapters: list[str | None] = []
         self.any_adapter = False
         self.single: str | None = None  # the adapter of every row, when they all use the same one
+        self.merged: str | None = None  # the adapter merged into the layers' weight copies
+        self.use_merged = False  # every row uses the merged adapter: layers take their merged weights
         self._masks: dict[tuple, torch.Tensor] = {}
         self._indexes: dict[tuple, torch.Tensor] = {}
 
@@ -50,7 +56,13 @@ class RowAdapters:
         self.any_adapter = any(name is not None for name in adapters)
         first = adapters[0] if adapters else None
         self.single = first if first is not None and adapters.count(first) == len(adapters) else None
+        self.use_merged = self.single is not None and self.single == self.merged
         self._masks, self._indexes = {}, {}
+
+    def set_merged(self, name: str | None) -> None:
+        """Record that the layers now hold adapter `name` merged (None: no merged copies)."""
+        self.merged = name
+        self.use_merged = self.single is not None and self.single == name
 
     def mask(self, layout: tuple[tuple[str, int], ...], device, dtype) -> torch.Tensor:
         """`[rows, sum of ranks]`: ones over the rank columns of each row's adapter (built once per step)."""
@@ -127,6 +139,7 @@ class RowLoraLayer:
         self.dora: dict[str, torch.Tensor] = {}  # DoRA adapter -> its per-output scale
         self.dora_rows: torch.Tensor | None = None  # [len(layout) + 1, out]: the scale of each layout entry, 1s
         self.plain_base = type(layer.base_layer) is torch.nn.Linear
+        self.merged: torch.Tensor | None = None  # the base weight with `rows.merged` merged in
         layer.forward = self.forward
 
     def rebuild(self, names: list[str]) -> None:
@@ -145,6 +158,19 @@ class RowLoraLayer:
             ones = torch.ones_like(next(iter(self.dora.values())))
             self.dora_rows = torch.stack([self.dora.get(name, ones) for name in names] + [ones])
 
+    def mergeable(self, name: str) -> bool:
+        """Whether adapter `name` changes this layer and can be merged into a copy of its (plain) weight."""
+        return self.plain_base and name in self.single
+
+    def merge(self, name: str) -> None:
+        """Hold a copy of the base weight with adapter `name` merged in (computed in the adapter's dtype)."""
+        a, b = self.single[name]
+        weight = self.layer.base_layer.weight
+        merged = torch.addmm(weight.to(a.dtype), b.T, a)
+        if name in self.dora:
+            merged = self.dora[name][:, None] * merged
+        self.merged = merged.to(weight.dtype)
+
     def _dora_scale(self, name: str) -> torch.Tensor:
         """magnitude / ||W + scaling * B A|| per output feature, as PEFT's DoRA computes it in eval."""
         from peft.utils.integrations import dequantize_module_weight
@@ -156,6 +182,8 @@ class RowLoraLayer:
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         base = self.layer.base_layer
+        if self.rows.use_merged and self.merged is not None:
+            return F.linear(x, self.merged, base.bias)
         # A plain nn.Linear base is called directly: one module call less per layer and token.
         output = F.linear(x, base.weight, base.bias) if self.plain_base else base(x, *args, **kwargs)
         rows = self.rows

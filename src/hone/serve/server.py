@@ -103,7 +103,7 @@ class ModelServer:
                                                    lambda: self.base_fingerprint))
             except HoneError as error:
                 raise HoneError(f"adapters.{name}: {error.message}", hint=error.hint) from None
-        loaded = LoadedAdapters(model, config.base, config.max_adapters)
+        loaded = LoadedAdapters(model, config.base, config.max_adapters, config.merge_single_adapter)
         self.engine = Engine(model, self.tokenizer, self.registry, loaded, config.max_batch,
                              config.incremental_detokenize)
         self.started = int(time.time())

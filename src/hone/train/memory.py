@@ -13,7 +13,7 @@ import ctypes
 import torch
 
 from hone.errors import HoneError
-from hone.models import frozen_dtype
+from hone.models import available_memory, frozen_dtype
 from hone.train.config import TrainConfig
 
 GIB = 1024**3
@@ -85,16 +85,6 @@ def estimate_memory(config: TrainConfig, dtype: torch.dtype, batch_tokens: int) 
              "activations": activations, "loss_chunk": loss_chunk, "runtime": RUNTIME_BYTES}
     return {"bytes": parts, "total_bytes": sum(parts.values()), "trainable_parameters": trainable,
             "total_gib": round(sum(parts.values()) / GIB, 2)}
-
-
-def available_memory(device: str = "cpu") -> int:
-    """Bytes free for a new run: free memory of that GPU on CUDA (what this process can still take), else the
-    system's available memory."""
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.mem_get_info(torch.device(device))[0]
-    import psutil
-
-    return psutil.virtual_memory().available
 
 
 def _what_to_lower(estimate: dict, available: int, fsdp: bool, device: str) -> str:
