@@ -239,8 +239,11 @@ class LoadedAdapters:
 
     def merge(self, name: str) -> bool:
         """Merge adapter `name` into copies of the base weights it changes, replacing any merged before;
-        False when the copies would take more than half the device's free memory."""
+        False when the copies would take more than half the device's free memory, or when no layer it changes
+        has a plain weight to merge into (a quantized base)."""
         layers = [layer for layer in self._layers.values() if layer.mergeable(name)]
+        if not layers:
+            return False
         size = sum(layer.layer.base_layer.weight.nbytes for layer in layers)
         self.unmerge()
         free = available_memory(str(next(self.model.parameters()).device))
