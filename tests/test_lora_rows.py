@@ -163,3 +163,26 @@ def test_no_merge_when_switched_off_or_short_of_memory(tiny_model_dir, sources, 
     assert loaded.merged is None and "stays unmerged" in caplog.text
     torch.testing.assert_close(logits, reference_logits(tiny_model_dir, sources, ["wide"] * 2, inputs),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_a_bf16_base_batches_adapters_in_bf16_within_rounding_of_peft(tiny_model_dir, sources):
+    from peft import PeftModel
+
+    loaded = LoadedAdapters(load_model(str(tiny_model_dir), dtype=torch.bfloat16).eval(), str(tiny_model_dir),
+                            capacity=4)
+    with torch.inference_mode():
+        for name in ["wide", "narrow", "dora"]:
+            loaded.ensure(sources[name], set())
+    layer = next(iter(loaded._layers.values()))
+    assert layer.a.dtype == layer.b.dtype == torch.bfloat16  # mixed batches read half the bytes, cast nothing
+    rows = ["wide", None, "narrow", "dora"]
+    inputs = batch(len(rows))
+    served = served_logits(loaded, rows, inputs).float()
+    for row, name in enumerate(rows):
+        model = load_model(str(tiny_model_dir), dtype=torch.bfloat16).eval()
+        if name is not None:
+            model = PeftModel.from_pretrained(model, str(sources[name].adapter_dir)).eval()
+        with torch.inference_mode():
+            alone = model(**{key: value[row:row + 1] for key, value in inputs.items()}).logits[0].float()
+        scale = alone.abs().max()
+        assert (served[row] - alone).abs().max() <= 0.05 * scale, name  # adapters move these logits 1-2.5x scale

@@ -7,7 +7,8 @@ matrix, and a row mask that keeps, for each row, only its adapter's rank columns
 
     lora = ((x @ A_stack.T) * row_mask) @ B_stack
 
-which is exactly each row's own LoRA update, in two matmuls per layer for any mix of adapters. A DoRA row
+which is each row's own LoRA update, in two matmuls per layer for any mix of adapters (the stacks are kept in
+the base's dtype, so on a bf16 base to bf16 rounding of PEFT's float32 update). A DoRA row
 also scales its output by the adapter's magnitude over the column norm of W + BA (constant once the weights
 are frozen, so computed when the adapter loads): `output = s * (base(x) - bias + lora) + bias`.
 PEFT's own mixed-adapter path gathers, multiplies and scatters per adapter per layer, refuses DoRA, and
@@ -150,13 +151,23 @@ class RowLoraLayer:
         # B is kept as (scaling * B).T, contiguous: the fastest layout for the small second matmul on a CPU.
         self.single = {name: (layer.lora_A[name].weight,
                               (layer.lora_B[name].weight * layer.scaling[name]).T.contiguous()) for name in names}
-        self.a = torch.cat([a for a, _ in self.single.values()]) if names else None
-        self.b = torch.cat([b for _, b in self.single.values()]) if names else None
+        # The stacks serve mixed batches, in the base's dtype: at 16 rows a bf16 matmul reads half the bytes and
+        # takes about half the time of a float32 one, and no input or output needs a cast.
+        dtype = self._stack_dtype()
+        self.a = torch.cat([a for a, _ in self.single.values()]).to(dtype) if names else None
+        self.b = torch.cat([b for _, b in self.single.values()]).to(dtype) if names else None
         self.dora = {name: self._dora_scale(name) for name in names if name in getattr(layer, "lora_variant", {})}
         self.dora_rows = None
         if self.dora:
             ones = torch.ones_like(next(iter(self.dora.values())))
             self.dora_rows = torch.stack([self.dora.get(name, ones) for name in names] + [ones])
+
+    def _stack_dtype(self) -> torch.dtype:
+        """The base weight's dtype, or the adapters' own where the base is quantized."""
+        weight = self.layer.get_base_layer().weight
+        if weight.is_floating_point():
+            return weight.dtype
+        return next(iter(self.single.values()))[0].dtype
 
     def mergeable(self, name: str) -> bool:
         """Whether adapter `name` changes this layer and can be merged into a copy of its (plain) weight."""
