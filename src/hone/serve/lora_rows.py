@@ -67,7 +67,8 @@ class RowAdapters:
 
     def mask(self, layout: tuple[tuple[str, int], ...], device, dtype) -> torch.Tensor:
         """`[rows, sum of ranks]`: ones over the rank columns of each row's adapter (built once per step)."""
-        if layout not in self._masks:
+        key = (layout, dtype)  # layers over a quantized base keep float32 stacks beside bf16 ones
+        if key not in self._masks:
             blocks = {name: (sum(r for _, r in layout[:i]), rank) for i, (name, rank) in enumerate(layout)}
             total = sum(rank for _, rank in layout)
             mask = torch.zeros((len(self.adapters), total), dtype=dtype)
@@ -75,8 +76,8 @@ class RowAdapters:
                 if name in blocks:
                     start, rank = blocks[name]
                     mask[row, start:start + rank] = 1
-            self._masks[layout] = mask.to(device)
-        return self._masks[layout]
+            self._masks[key] = mask.to(device)
+        return self._masks[key]
 
     def index(self, layout: tuple[tuple[str, int], ...], device) -> torch.Tensor:
         """`[rows]`: each row's adapter's place in `layout`, or len(layout) for rows it does not cover."""
