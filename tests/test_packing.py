@@ -10,7 +10,10 @@ import torch
 from hone.data.render import RenderedExample
 from hone.models.scoring import collate, target_token_nll
 from hone.train.packing import (
+    MATMUL_ATTENTION_MAX_LENGTH,
+    attention_groups,
     collate_packed,
+    matmul_attention,
     pack_examples,
     packed_hidden_states,
     packed_target_token_nll,
@@ -74,18 +77,53 @@ def test_packed_nll_per_example_equals_unpacked(tiny_model_dir):
     assert batch.num_tokens == sum(LENGTHS)
 
 
-def test_a_packed_sequence_is_processed_per_example_not_at_its_whole_length(tiny_model_dir):
-    from torch.profiler import profile
+def test_attention_groups_batch_examples_of_similar_length_and_give_every_token_back():
+    same = attention_groups([122, 121, 118, 118])
+    assert same.shapes == [(4, 122)]  # a few tokens of padding: one call
+    mixed = attention_groups([30, 200, 28, 190, 5])
+    assert mixed.shapes == [(2, 200), (2, 30), (1, 5)]  # the 5-token example would pay 36x its attention
+    for layout, lengths in ((same, [122, 121, 118, 118]), (mixed, [30, 200, 28, 190, 5])):
+        total = sum(lengths)
+        assert layout.gather[layout.scatter].tolist() == list(range(total))  # every token's own output comes back
+        assert len(layout.gather) == sum(n * length for n, length in layout.shapes)
+        example_of = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+        slots = example_of[layout.gather].split([n * length for n, length in layout.shapes])
+        for (n, length), group in zip(layout.shapes, slots, strict=True):
+            assert (group.view(n, length) == group.view(n, length)[:, :1]).all()  # a padded row stays in its example
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matmul_attention_equals_sdpa_forward_and_backward(dtype):
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    # 6 query heads sharing 2 key/value heads, as grouped-query models have them
+    q, k, v = (torch.randn(3, heads, 40, 16, dtype=dtype, requires_grad=True) for heads in (6, 2, 2))
+    grad = torch.randn(3, 40, 6, 16, dtype=dtype)
+    ours = matmul_attention(q, k, v, 0.25)
+    ours_grads = torch.autograd.grad(ours, (q, k, v), grad)
+    with torch.autocast("cpu", enabled=False):
+        wide = (q.float(), k.float().repeat_interleave(3, 1), v.float().repeat_interleave(3, 1))
+        reference = F.scaled_dot_product_attention(*wide, is_causal=True, scale=0.25).transpose(1, 2)
+    reference_grads = torch.autograd.grad(reference, (q, k, v), grad.float())
+    tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 0.03, "rtol": 0.02}
+    torch.testing.assert_close(ours.float(), reference, **tolerance)
+    for mine, theirs in zip(ours_grads, reference_grads, strict=True):
+        torch.testing.assert_close(mine.float(), theirs.float(), **tolerance)
+
+
+def test_examples_longer_than_the_matmul_limit_attend_through_sdpa_and_still_match(tiny_model_dir):
     model = load_model(tiny_model_dir)
-    examples = random_examples(LENGTHS, model.config.vocab_size)
-    _, rows = packed_rows(examples)
-    with torch.no_grad(), profile(record_shapes=True) as trace:
-        packed_target_token_nll(model, collate_packed(rows))
-    attended = {shape[0][2] for event in trace.key_averages(group_by_input_shape=True)
-                if "scaled_dot_product" in event.key and event.input_shapes and len(shape := event.input_shapes) > 2
-                and len(shape[0]) == 4}
-    assert attended == set(LENGTHS)  # no query ever spans two examples or the whole sequence
+    lengths = [MATMUL_ATTENTION_MAX_LENGTH + 8, 20, 24]
+    examples = random_examples(lengths, model.config.vocab_size, seed=3)
+    batch = collate_packed([examples])
+    assert batch.attention.shapes == [(1, lengths[0]), (2, 24)]
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        packed = head(packed_hidden_states(model, batch))
+        for number, example in enumerate(examples):
+            alone = model(input_ids=torch.tensor([example.input_ids])).logits[0]
+            torch.testing.assert_close(packed[batch.example_index == number], alone, atol=1e-5, rtol=0)
 
 
 def test_packed_gradients_equal_sum_of_separate_examples(tiny_model_dir):

@@ -3,7 +3,8 @@ process keeps the memory a step frees for the next one.
 
 The model is built on PyTorch's meta device (no weights are read or allocated) with the run's adapter
 config, so parameter counts are exact; activations follow the usual per-layer estimate for a transformer
-block with fused attention (no seq x seq score matrix kept) and are calibrated against measured runs.
+block with fused attention and are calibrated against measured runs; packed CPU runs add the score matrices
+that their attention of short examples keeps (`hone.train.packing.matmul_attention`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from hone.errors import HoneError
 from hone.models import available_memory, frozen_dtype
 from hone.train.config import TrainConfig
+from hone.train.packing import MATMUL_ATTENTION_MAX_LENGTH
 
 GIB = 1024**3
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
@@ -70,9 +72,10 @@ def _qlora_frozen_bytes(model) -> int:
     return int(sum(p.numel() * (NF4_BITS / 8 if id(p) in quantized else 4) for p in frozen))
 
 
-def estimate_memory(config: TrainConfig, dtype: torch.dtype, batch_tokens: int) -> dict:
+def estimate_memory(config: TrainConfig, dtype: torch.dtype, batch_tokens: int, scores_length: int = 0) -> dict:
     """Bytes for frozen weights, trainable state, activations of the largest micro-batch (`batch_tokens`
-    tokens including padding), the loss chunk and the runtime; and their total."""
+    tokens including padding), the loss chunk and the runtime; and their total. `scores_length`: the keys each
+    token's attention scores span where attention keeps its score matrices (0: fused attention keeps none)."""
     model, model_config = _meta_model(config, dtype)
     frozen = _qlora_frozen_bytes(model) if config.method == "qlora" else sum(
         p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
@@ -80,6 +83,9 @@ def estimate_memory(config: TrainConfig, dtype: torch.dtype, batch_tokens: int) 
     element = torch.tensor([], dtype=dtype).element_size()
     per_unit = ACTIVATION_VALUES * element + ACTIVATION_FP32_BYTES
     activations = batch_tokens * model_config.num_hidden_layers * model_config.hidden_size * per_unit
+    # float32 softmax output and its rounded copy, per head
+    activations += batch_tokens * model_config.num_hidden_layers * model_config.num_attention_heads * (
+        scores_length * (4 + element))
     loss_chunk = min(batch_tokens, LOSS_CHUNK_TOKENS) * model_config.vocab_size * 4 * 3  # logits, softmax, grad
     parts = {"frozen_weights": frozen, "trainable_state": trainable * ADAM_BYTES_PER_TRAINABLE,
              "activations": activations, "loss_chunk": loss_chunk, "runtime": RUNTIME_BYTES}
@@ -118,8 +124,10 @@ def memory_plan(config: TrainConfig, longest_example: int, device: str = "cpu", 
     example) on the device that trains, the memory free there now, and a warning when the run will not fit."""
     fsdp = config.training.distributed == "fsdp" and world_size > 1
     per_process = -(-config.training.batch_size // world_size)  # each process runs its share of a micro-batch
+    # Packed CPU runs keep attention scores for examples up to MATMUL_ATTENTION_MAX_LENGTH tokens.
+    scores = min(longest_example, MATMUL_ATTENTION_MAX_LENGTH) if config.training.packing and device == "cpu" else 0
     estimate = estimate_memory(config, frozen_dtype(device, config.training.precision),
-                               per_process * longest_example)
+                               per_process * longest_example, scores)
     if fsdp:
         estimate = shard_estimate(estimate, world_size)
     free = available_memory(device)

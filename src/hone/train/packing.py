@@ -3,8 +3,8 @@
 A micro-batch's examples go back to back into one sequence with no padding at all. Three things keep them
 apart:
 - attention runs per example: `packed_attention` (registered with transformers as "hone_packed") cuts the
-  sequence at the example boundaries (`cu_seq_lens`, as flash-attention's varlen kernels take them) and
-  runs causal SDPA on each piece, so its cost follows each example's own length, not the sequence's;
+  sequence at the example boundaries and runs causal attention on examples of similar length together
+  (`attention_groups`), so its cost follows each example's own length, not the sequence's;
 - position ids restart at 0 for each example, so RoPE sees the same positions as an unpacked run;
 - the first token of every example is not a target, so the loss never trains "end of A -> start of B".
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,9 @@ from hone.data.render import RenderedExample
 from hone.models.scoring import grouped_target_nll, target_layout
 
 ATTENTION = "hone_packed"
+# The running packed batch's attention groups: set around the decoder call rather than passed through it, so a
+# compiled decoder layer is not specialised (and recompiled) on how a batch's examples are laid out.
+_ATTENTION_GROUPS: ContextVar[AttentionGroups | None] = ContextVar("attention_groups", default=None)
 
 
 def pack_examples(lengths: list[int], max_length: int) -> list[list[int]]:
@@ -55,6 +59,48 @@ def packing_efficiency(lengths: list[int], rows: list[list[int]], max_length: in
 
 
 @dataclass
+class AttentionGroups:
+    """How attention batches a packed sequence's examples: examples of similar length form a group, each example
+    padded at its end to its group's longest, so one batched call covers a group instead of one call per example.
+
+    `gather` picks each group's padded slots from the packed sequence, group after group (a padding slot takes
+    its example's first token: causal attention never shows it to a real token, and its output is dropped);
+    `scatter` finds each packed token's output among them. `shapes` holds each group's (examples, length).
+    """
+
+    gather: torch.Tensor
+    scatter: torch.Tensor
+    shapes: list[tuple[int, int]]
+
+
+# A group may cost this much more attention than its examples alone (padding), for the one call it saves.
+GROUP_SLACK = 1.3
+
+
+def attention_groups(lengths: list[int]) -> AttentionGroups:
+    """Greedy, longest first: an example joins the current group while padding it and the group to the group's
+    longest costs at most GROUP_SLACK times their attention unpadded (which grows with length squared)."""
+    starts = [0, *itertools.accumulate(lengths)]
+    groups: list[list[int]] = []
+    for example in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        group = groups[-1] if groups else None
+        if group and (len(group) + 1) * lengths[group[0]] ** 2 <= GROUP_SLACK * sum(
+                lengths[i] ** 2 for i in (*group, example)):
+            group.append(example)
+        else:
+            groups.append([example])
+    gather: list[int] = []
+    scatter = [0] * starts[-1]
+    for group in groups:
+        for example in group:
+            start, length = starts[example], lengths[example]
+            scatter[start:start + length] = range(len(gather), len(gather) + length)
+            gather += [*range(start, start + length), *[start] * (lengths[group[0]] - length)]
+    return AttentionGroups(gather=torch.tensor(gather), scatter=torch.tensor(scatter),
+                           shapes=[(len(group), lengths[group[0]]) for group in groups])
+
+
+@dataclass
 class PackedBatch:
     """Examples back to back in one sequence; usable wherever a `Batch` is read (same field names).
 
@@ -72,6 +118,7 @@ class PackedBatch:
     target_positions: torch.Tensor
     target_groups: torch.Tensor
     target_counts: list[int]
+    attention: AttentionGroups
 
     @property
     def num_examples(self) -> int:
@@ -100,29 +147,69 @@ def collate_packed(examples_per_row: list[list[RenderedExample]]) -> PackedBatch
         position_ids=torch.cat([torch.arange(n) for n in lengths])[None],
         example_index=torch.repeat_interleave(torch.arange(len(examples)), torch.tensor(lengths))[None],
         cu_seq_lens=torch.tensor(starts, dtype=torch.int32), example_lengths=lengths,
-        target_positions=positions, target_groups=groups, target_counts=counts)
+        target_positions=positions, target_groups=groups, target_counts=counts,
+        attention=attention_groups(lengths))
 
 
+@torch.compiler.disable  # a compiled decoder layer runs it eagerly: its loop over groups would be unrolled
 def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                     cu_seq_lens_q: torch.Tensor | None = None, example_lengths: list[int] | None = None,
-                     **kwargs):
-    """Causal SDPA on each example of a packed sequence; unpacked calls (evals) are plain SDPA. The examples'
-    lengths come from the host (`example_lengths`, passed down by `packed_hidden_states`) where given."""
+                     cu_seq_lens_q: torch.Tensor | None = None, **kwargs):
+    """Causal attention within each example of a packed sequence, one batched call per group of similar-length
+    examples; unpacked calls (evals) are plain SDPA. The groups come from the batch (set by `packed_hidden_states`)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    dtype = query.dtype
     if cu_seq_lens_q is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    lengths = example_lengths or (cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]).tolist()
-    # In float32: on a CPU, SDPA's bf16 kernels take twice as long as its fp32 ones on example-sized pieces.
-    # `split`, not slicing: the backward of a slice fills a zero tensor the size of the whole sequence.
-    pieces = zip(*((t.float() if t.device.type == "cpu" else t).split(lengths, dim=2) for t in (query, key, value)),
-                 strict=True)
-    with torch.autocast(query.device.type, enabled=False):  # autocast would put SDPA back into bf16
-        outputs = [sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)[0]
-                   for q, k, v in pieces]
-    return torch.cat(outputs, dim=1).to(dtype), None
+    layout = _ATTENTION_GROUPS.get() or attention_groups((cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]).tolist())
+    heads, dim = query.shape[1], query.shape[-1]
+    scaling = dim ** -0.5 if scaling is None else scaling
+    sizes = [examples * length for examples, length in layout.shapes]
+    padded = zip(*(t[0].index_select(1, layout.gather).split(sizes, dim=1) for t in (query, key, value)),
+                 layout.shapes, strict=True)
+    outputs = []
+    for q, k, v, (examples, length) in padded:
+        q, k, v = (t.unflatten(1, (examples, length)).transpose(0, 1) for t in (q, k, v))
+        out = group_attention(module, q, k, v, dropout, scaling)
+        outputs.append(out.reshape(examples * length, heads, dim))
+    return torch.cat(outputs).index_select(0, layout.scatter)[None], None
+
+
+# Up to this length matmul_attention beats SDPA's float32 flash kernel on a CPU; beyond it flash does (2 cores,
+# forward and backward, ~1,000 tokens: 8.6 against 10.3 ms at 128 tokens, 11.5 against 13.6 at 192, 17.8
+# against 16.7 at 256); and the score matrices it keeps for backward grow with the length.
+MATMUL_ATTENTION_MAX_LENGTH = 192
+
+
+def group_attention(module, query, key, value, dropout: float, scaling: float) -> torch.Tensor:
+    """Causal attention of one group of equal-length examples: [examples, heads, length, dim] in,
+    [examples, length, heads, dim] out."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if query.device.type != "cpu":
+        return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling,
+                                      is_causal=True)[0]
+    if query.shape[2] <= MATMUL_ATTENTION_MAX_LENGTH and not (module.training and dropout):
+        return matmul_attention(query, key, value, scaling)
+    # In float32: on a CPU, SDPA's bf16 kernels take twice as long as its fp32 ones.
+    with torch.autocast("cpu", enabled=False):  # autocast would put SDPA back into bf16
+        out = sdpa_attention_forward(module, query.float(), key.float(), value.float(), None, dropout=dropout,
+                                     scaling=scaling, is_causal=True)[0]
+    return out.to(query.dtype)
+
+
+def matmul_attention(query, key, value, scaling: float) -> torch.Tensor:
+    """Causal attention as two batched matmuls in the inputs' dtype around a float32 softmax (as GPU flash
+    kernels round); [examples, heads, length, dim] in, [examples, length, heads, dim] out. The query heads that
+    share a key head are stacked, so keys and values are never copied per query head."""
+    examples, heads, length, dim = query.shape
+    kv_heads = key.shape[1]
+    stacked = query.reshape(examples, kv_heads, heads // kv_heads * length, dim)
+    scores = torch.matmul(stacked, key.transpose(-1, -2)).float().view(examples, kv_heads, -1, length, length)
+    future = torch.full((length, length), float("-inf"), device=query.device).triu(1)  # no token sees a later one
+    probs = torch.add(future, scores, alpha=scaling).softmax(-1).to(query.dtype)
+    out = torch.matmul(probs.view(examples, kv_heads, -1, length), value)
+    return out.view(examples, heads, length, dim).transpose(1, 2)
 
 
 def use_packed_attention(model) -> None:
@@ -140,11 +227,12 @@ def use_packed_attention(model) -> None:
 def packed_hidden_states(model, batch: PackedBatch) -> torch.Tensor:
     """The decoder's last hidden states for a packed batch; every token sees only its own example."""
     use_packed_attention(model)
-    longest = max(batch.example_lengths)
-    return model.get_decoder()(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                               cu_seq_lens_q=batch.cu_seq_lens, cu_seq_lens_k=batch.cu_seq_lens,
-                               max_length_q=longest, max_length_k=longest,
-                               example_lengths=batch.example_lengths).last_hidden_state
+    layout = _ATTENTION_GROUPS.set(batch.attention)
+    try:
+        return model.get_decoder()(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                                   cu_seq_lens_q=batch.cu_seq_lens, cu_seq_lens_k=batch.cu_seq_lens).last_hidden_state
+    finally:
+        _ATTENTION_GROUPS.reset(layout)
 
 
 def packed_target_token_nll(model, batch: PackedBatch, chunk_size: int | None = None,
@@ -155,3 +243,4 @@ def packed_target_token_nll(model, batch: PackedBatch, chunk_size: int | None = 
     within each example; the lm_head runs only on positions that predict a target, in chunks.
     """
     return grouped_target_nll(model, packed_hidden_states(model, batch), batch, chunk_size, chunked)
+
