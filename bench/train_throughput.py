@@ -45,9 +45,10 @@ PACKED_BATCH = 2
 # Every speed switch of training (the documented training.* fields), each in the ablation below.
 HONE_BEST = {"packing": True, "chunked_loss": True, "precision": "auto", "compile": False,
              "fused_lora_forward": True, "autocast_adapter_inputs": True, "keep_freed_memory": True,
-             "fused_optimizer": True}
+             "fused_optimizer": True, "matmul_attention": True}
 ALL_OFF = {"packing": False, "chunked_loss": False, "precision": "fp32", "fused_lora_forward": False,
-           "autocast_adapter_inputs": False, "keep_freed_memory": False, "fused_optimizer": False}
+           "autocast_adapter_inputs": False, "keep_freed_memory": False, "fused_optimizer": False,
+           "matmul_attention": False}
 ABLATION = {
     "best": {},
     "packing_off": {"packing": False},
@@ -57,6 +58,7 @@ ABLATION = {
     "autocast_adapter_inputs_off": {"autocast_adapter_inputs": False},
     "keep_freed_memory_off": {"keep_freed_memory": False},
     "fused_optimizer_off": {"fused_optimizer": False},
+    "matmul_attention_off": {"matmul_attention": False},
     "compile_on": {"compile": True},
     "all_off": ALL_OFF,
 }

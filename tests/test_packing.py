@@ -126,6 +126,22 @@ def test_examples_longer_than_the_matmul_limit_attend_through_sdpa_and_still_mat
             torch.testing.assert_close(packed[batch.example_index == number], alone, atol=1e-5, rtol=0)
 
 
+def test_the_matmul_attention_switch_picks_the_kernel_and_not_the_result(tiny_model_dir):
+    from torch.profiler import profile
+
+    model = load_model(tiny_model_dir)
+    examples = random_examples(LENGTHS, model.config.vocab_size, seed=2)
+    _, rows = packed_rows(examples)
+    batch = collate_packed(rows)
+    results, sdpa_calls = [], []
+    for matmul in (True, False):
+        with torch.no_grad(), profile() as trace:
+            results.append(packed_hidden_states(model, batch, matmul_attention=matmul))
+        sdpa_calls.append(sum("scaled_dot_product" in event.key for event in trace.events()))
+    assert sdpa_calls[0] == 0 and sdpa_calls[1] > 0
+    torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=0)
+
+
 def test_packed_gradients_equal_sum_of_separate_examples(tiny_model_dir):
     model = load_model(tiny_model_dir)
     examples = random_examples(LENGTHS, model.config.vocab_size, seed=1)

@@ -218,7 +218,8 @@ class Trainer:
         chunked = self.config.training.chunked_loss
         if self.rows is None:
             return trained_token_loss(self.base, batch, chunked=chunked)[0]
-        return packed_target_token_nll(self.base, batch, chunked=chunked)[0].sum()
+        return packed_target_token_nll(self.base, batch, chunked=chunked,
+                                       matmul_attention=self.config.training.matmul_attention)[0].sum()
 
     def _autocast(self):
         """bf16 (or fp16) compute where the run's precision is, over float32 trained weights (the whole model for

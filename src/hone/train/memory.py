@@ -125,7 +125,9 @@ def memory_plan(config: TrainConfig, longest_example: int, device: str = "cpu", 
     fsdp = config.training.distributed == "fsdp" and world_size > 1
     per_process = -(-config.training.batch_size // world_size)  # each process runs its share of a micro-batch
     # Packed CPU runs keep attention scores for examples up to MATMUL_ATTENTION_MAX_LENGTH tokens.
-    scores = min(longest_example, MATMUL_ATTENTION_MAX_LENGTH) if config.training.packing and device == "cpu" else 0
+    t = config.training
+    scores = min(longest_example, MATMUL_ATTENTION_MAX_LENGTH) if (
+        t.packing and t.matmul_attention and device == "cpu") else 0
     estimate = estimate_memory(config, frozen_dtype(device, config.training.precision),
                                per_process * longest_example, scores)
     if fsdp:

@@ -28,6 +28,8 @@ ATTENTION = "hone_packed"
 # The running packed batch's attention groups: set around the decoder call rather than passed through it, so a
 # compiled decoder layer is not specialised (and recompiled) on how a batch's examples are laid out.
 _ATTENTION_GROUPS: ContextVar[AttentionGroups | None] = ContextVar("attention_groups", default=None)
+# Whether a CPU attends short examples through `matmul_attention` (training.matmul_attention), likewise.
+_MATMUL_ATTENTION: ContextVar[bool] = ContextVar("matmul_attention", default=True)
 
 
 def pack_examples(lengths: list[int], max_length: int) -> list[list[int]]:
@@ -189,7 +191,7 @@ def group_attention(module, query, key, value, dropout: float, scaling: float) -
     if query.device.type != "cpu":
         return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling,
                                       is_causal=True)[0]
-    if query.shape[2] <= MATMUL_ATTENTION_MAX_LENGTH and not (module.training and dropout):
+    if _MATMUL_ATTENTION.get() and query.shape[2] <= MATMUL_ATTENTION_MAX_LENGTH and not (module.training and dropout):
         return matmul_attention(query, key, value, scaling)
     # In float32: on a CPU, SDPA's bf16 kernels take twice as long as its fp32 ones.
     with torch.autocast("cpu", enabled=False):  # autocast would put SDPA back into bf16
@@ -224,23 +226,25 @@ def use_packed_attention(model) -> None:
         model.set_attn_implementation(ATTENTION)
 
 
-def packed_hidden_states(model, batch: PackedBatch) -> torch.Tensor:
+def packed_hidden_states(model, batch: PackedBatch, matmul_attention: bool = True) -> torch.Tensor:
     """The decoder's last hidden states for a packed batch; every token sees only its own example."""
     use_packed_attention(model)
-    layout = _ATTENTION_GROUPS.set(batch.attention)
+    layout, matmul = _ATTENTION_GROUPS.set(batch.attention), _MATMUL_ATTENTION.set(matmul_attention)
     try:
         return model.get_decoder()(input_ids=batch.input_ids, position_ids=batch.position_ids,
                                    cu_seq_lens_q=batch.cu_seq_lens, cu_seq_lens_k=batch.cu_seq_lens).last_hidden_state
     finally:
         _ATTENTION_GROUPS.reset(layout)
+        _MATMUL_ATTENTION.reset(matmul)
 
 
-def packed_target_token_nll(model, batch: PackedBatch, chunk_size: int | None = None,
-                            chunked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def packed_target_token_nll(model, batch: PackedBatch, chunk_size: int | None = None, chunked: bool = True,
+                            matmul_attention: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Per example of the batch (in `example_index` order): summed cross-entropy of its targets, and their count.
 
     Same as `hone.models.scoring.target_token_nll`, but with positions restarting per example and attention
     within each example; the lm_head runs only on positions that predict a target, in chunks.
     """
-    return grouped_target_nll(model, packed_hidden_states(model, batch), batch, chunk_size, chunked)
+    hidden = packed_hidden_states(model, batch, matmul_attention)
+    return grouped_target_nll(model, hidden, batch, chunk_size, chunked)
 
