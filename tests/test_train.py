@@ -254,7 +254,7 @@ def test_memory_estimate_counts_the_real_trainable_parameters_and_warns_before_a
     assert large["bytes"]["activations"] == 10 * small["bytes"]["activations"]
     scored = memory.estimate_memory(config, torch.float32, 100, scores_length=50)  # packed attention on a CPU
     heads, layers = real.config.num_attention_heads, real.config.num_hidden_layers
-    assert scored["bytes"]["activations"] - small["bytes"]["activations"] == 100 * layers * heads * 50 * (4 + 4)
+    assert scored["bytes"]["activations"] - small["bytes"]["activations"] == 100 * layers * heads * 50 * 4
 
     result = CliRunner().invoke(app, ["train", str(tmp_path / "config.yaml"), "--dry-run", "--no-estimate",
                                       "--json"])

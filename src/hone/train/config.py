@@ -71,9 +71,9 @@ class TrainingConfig(Section):
                           "layer, with dynamic shapes): faster steps once compiled, but the first steps pay the "
                           "compile time (about 40 s for SmolLM2-135M on 2 CPU cores), once per process.")
     matmul_attention: bool = Field(True, description="With packing on a CPU, examples of up to 192 tokens attend "
-                                   "through two bf16 batched matmuls around a float32 softmax, which beats SDPA's "
-                                   "float32 flash kernel at those lengths; it keeps their score matrices for "
-                                   "backward (counted in the memory estimate).")
+                                   "through bf16 batched matmuls and softmax (rounded as transformers' eager "
+                                   "attention rounds), which beats SDPA's float32 flash kernel at those lengths; "
+                                   "it keeps their softmax outputs for backward (counted in the memory estimate).")
     fused_lora_forward: bool = Field(True, description="Plain LoRA layers add their update to the base output "
                                      "inside one matmul (addmm, with the scaling folded into the small B), where "
                                      "PEFT makes two more passes over each layer's output; same values.")

@@ -83,9 +83,9 @@ def estimate_memory(config: TrainConfig, dtype: torch.dtype, batch_tokens: int, 
     element = torch.tensor([], dtype=dtype).element_size()
     per_unit = ACTIVATION_VALUES * element + ACTIVATION_FP32_BYTES
     activations = batch_tokens * model_config.num_hidden_layers * model_config.hidden_size * per_unit
-    # float32 softmax output and its rounded copy, per head
-    activations += batch_tokens * model_config.num_hidden_layers * model_config.num_attention_heads * (
-        scores_length * (4 + element))
+    # the attention's softmax output, per head
+    activations += (batch_tokens * model_config.num_hidden_layers * model_config.num_attention_heads
+                    * scores_length * element)
     loss_chunk = min(batch_tokens, LOSS_CHUNK_TOKENS) * model_config.vocab_size * 4 * 3  # logits, softmax, grad
     parts = {"frozen_weights": frozen, "trainable_state": trainable * ADAM_BYTES_PER_TRAINABLE,
              "activations": activations, "loss_chunk": loss_chunk, "runtime": RUNTIME_BYTES}

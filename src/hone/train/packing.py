@@ -107,8 +107,9 @@ class PackedBatch:
     """Examples back to back in one sequence; usable wherever a `Batch` is read (same field names).
 
     `position_ids` restart at 0 per example; `example_index` numbers the examples in order; `cu_seq_lens`
-    holds where each example starts, and the sequence's length last; `example_lengths` the same on the host,
-    so attention splits the sequence without reading the device. The target fields are `Batch`'s, per example.
+    holds where each example starts, and the sequence's length last; `example_lengths` the same on the host;
+    `attention` how attention batches the examples, laid out on the host so it never reads the device. The
+    target fields are `Batch`'s, per example.
     """
 
     input_ids: torch.Tensor
@@ -201,15 +202,17 @@ def group_attention(module, query, key, value, dropout: float, scaling: float) -
 
 
 def matmul_attention(query, key, value, scaling: float) -> torch.Tensor:
-    """Causal attention as two batched matmuls in the inputs' dtype around a float32 softmax (as GPU flash
-    kernels round); [examples, heads, length, dim] in, [examples, length, heads, dim] out. The query heads that
-    share a key head are stacked, so keys and values are never copied per query head."""
+    """Causal attention as two batched matmuls and a softmax, all in the inputs' dtype, rounded as transformers'
+    eager attention rounds (the softmax accumulates in float32 and rounds its output once); [examples, heads,
+    length, dim] in, [examples, length, heads, dim] out. The query heads that share a key head are stacked, so
+    keys and values are never copied per query head. Only the softmax output is kept for backward."""
     examples, heads, length, dim = query.shape
     kv_heads = key.shape[1]
     stacked = query.reshape(examples, kv_heads, heads // kv_heads * length, dim)
-    scores = torch.matmul(stacked, key.transpose(-1, -2)).float().view(examples, kv_heads, -1, length, length)
-    future = torch.full((length, length), float("-inf"), device=query.device).triu(1)  # no token sees a later one
-    probs = torch.add(future, scores, alpha=scaling).softmax(-1).to(query.dtype)
+    scores = torch.matmul(stacked, key.transpose(-1, -2)).view(examples, kv_heads, -1, length, length)
+    # no token sees a later one
+    future = torch.full((length, length), float("-inf"), device=query.device, dtype=scores.dtype).triu(1)
+    probs = torch.add(future, scores, alpha=scaling).softmax(-1)
     out = torch.matmul(probs.view(examples, kv_heads, -1, length), value)
     return out.view(examples, heads, length, dim).transpose(1, 2)
 
@@ -247,4 +250,3 @@ def packed_target_token_nll(model, batch: PackedBatch, chunk_size: int | None = 
     """
     hidden = packed_hidden_states(model, batch, matmul_attention)
     return grouped_target_nll(model, hidden, batch, chunk_size, chunked)
-
