@@ -46,6 +46,7 @@ lint: install
 
 bench: install
 	$(PY) bench/train_throughput.py
+	$(PY) bench/train_step_floor.py
 	$(PY) bench/curate_throughput.py
 	$(PY) bench/serve_throughput.py
 	$(PY) bench/jobs_overhead.py
