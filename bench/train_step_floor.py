@@ -28,7 +28,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import DEFAULT_TRAIN, MODEL, hone_settings, limited_copy, run_hone  # noqa: E402
+from train_throughput import DEFAULT_TRAIN, MODEL, check_device, finished, hone_settings, limited_copy, run_hone  # noqa: E402
 
 MATMULS = {"aten.mm.default", "aten.bmm.default", "aten.addmm.default", "aten.baddbmm.default"}
 WARMUP_STEPS = 3  # before the batch is fixed: the allocator and the kernels' caches settle
@@ -67,11 +67,6 @@ def replay_seconds(calls: list, device: str, repeats: int = 3) -> float:
         finished(device)
         best = min(best, time.perf_counter() - started)
     return best
-
-
-def finished(device: str) -> None:
-    if device == "cuda":  # GPU work is queued: time it to its end
-        torch.cuda.synchronize()
 
 
 def measure(train_file: Path, out: Path, model: str, device: str, steps: int) -> dict:
@@ -129,8 +124,7 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--model", default=MODEL, help="A hone model name or folder. Default: %(default)s.")
     args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: this machine has no CUDA GPU (torch.cuda.is_available() is False); use --device cpu")
+    check_device(args.device)
     with tempfile.TemporaryDirectory(prefix="hone-bench-") as tmp:
         train_file = limited_copy(args.train, args.limit, Path(tmp))
         figures = measure(train_file, Path(tmp) / "out", args.model, args.device, args.steps)

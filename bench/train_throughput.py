@@ -230,16 +230,20 @@ def write_preferences(train_file: Path, out: Path) -> Path:
     return path
 
 
+def finished(device: str) -> None:
+    """Wait for the work queued on `device`: GPU kernels run asynchronously, so a timing must wait for their end."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def measure_peaks(device: str) -> dict:
     """Best GFLOP/s of large square matmuls in bf16 and fp32 (on a GPU without TF32, PyTorch's default) on
     `device`, now."""
     import torch
 
     from hone.models.loading import bf16_is_fast
-
-    def finished() -> None:  # GPU matmuls are queued: time them to their end
-        if device == "cuda":
-            torch.cuda.synchronize()
 
     peaks = {}
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
@@ -252,11 +256,11 @@ def measure_peaks(device: str) -> dict:
         torch.matmul(a, b)  # warm-up
         best = float("inf")
         for _ in range(5):
-            finished()
+            finished(device)
             started = time.perf_counter()
             for _ in range(3):
                 torch.matmul(a, b)
-            finished()
+            finished(device)
             best = min(best, (time.perf_counter() - started) / 3)
         peaks[name] = round(2 * size**3 / best / 1e9, 1)
     return peaks
